@@ -1,0 +1,94 @@
+"""Streaming decode for diffusers' ``AutoencoderKLWan`` (the Wan2.1 causal video VAE).
+
+``AutoencoderKLWan.decode`` walks the latent video one frame at a time through causal 3D
+convolutions, keeping each convolution's last input frames in a feature cache, and clears that
+cache at the start and end of every call. A rollout that decodes block after block therefore cannot
+use it directly. Here the caller owns the cache (``DecoderState``) and passes it in, so decoding a
+video block by block runs exactly the same per-frame computation as decoding it whole: the first
+latent frame becomes 1 video frame, every later one 4 (Wan's temporal stride).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKLWan
+from torch import Tensor
+
+
+@dataclass
+class DecoderState:
+    """The decoder's causal feature cache and how many latent frames it has seen."""
+
+    feature_cache: list = field(default_factory=list)
+    latent_frames: int = 0
+
+
+class StreamingDecoder:
+    """Decode normalised latents block by block with an explicit causal cache."""
+
+    def __init__(
+        self, vae: AutoencoderKLWan, latents_mean: Sequence[float], latents_std: Sequence[float]
+    ) -> None:
+        if vae.config.patch_size is not None:
+            raise ValueError("patchified Wan VAEs (Wan2.2) are not supported")
+        if len(latents_mean) != vae.config.z_dim or len(latents_std) != vae.config.z_dim:
+            raise ValueError(
+                f"latent normalisation has {len(latents_mean)} means and {len(latents_std)} stds "
+                f"for a VAE with {vae.config.z_dim} latent channels"
+            )
+        self.vae = vae
+        self.mean = torch.tensor(latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._num_convs = vae._cached_conv_counts["decoder"]
+
+    @property
+    def temporal_stride(self) -> int:
+        """Video frames per latent frame after the first."""
+        return 2 ** sum(self.vae.config.temperal_downsample)
+
+    @property
+    def spatial_stride(self) -> int:
+        """Video pixels per latent pixel along each side."""
+        return 2 ** (len(self.vae.config.dim_mult) - 1)
+
+    def new_state(self) -> DecoderState:
+        """A fresh cache for a new video."""
+        return DecoderState(feature_cache=[None] * self._num_convs)
+
+    def video_frames(self, latent_frames: int, first: bool) -> int:
+        """Video frames that `latent_frames` latent frames decode to (the very first one gives 1)."""
+        return (
+            (1 + (latent_frames - 1) * self.temporal_stride)
+            if first
+            else latent_frames * self.temporal_stride
+        )
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor, state: DecoderState) -> Tensor:
+        """Decode normalised latents (B, C, T, h, w) to video (B, 3, T', H, W) in [-1, 1]; updates `state`."""
+        vae = self.vae
+        dtype = vae.post_quant_conv.weight.dtype
+        z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
+        z = vae.post_quant_conv(z.to(dtype))  # a 1x1x1 convolution: frame-local, no cache needed
+        frames = []
+        for i in range(z.shape[2]):
+            conv_index = [0]
+            frames.append(
+                vae.decoder(
+                    z[:, :, i : i + 1],
+                    feat_cache=state.feature_cache,
+                    feat_idx=conv_index,
+                    first_chunk=state.latent_frames == 0,
+                )
+            )
+            state.latent_frames += 1
+        return torch.cat(frames, dim=2).clamp(-1.0, 1.0)
+
+
+def to_uint8_frames(video: Tensor) -> Tensor:
+    """Video (B, 3, T, H, W) in [-1, 1] -> uint8 frames (B, T, H, W, 3)."""
+    pixels = ((video.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 4, 1).contiguous()
