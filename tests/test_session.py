@@ -1,0 +1,165 @@
+"""The infinity-RoPE rollout: relative positions, constant memory, KV Flush and RoPE Cut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_world
+from worldsim.cache import KVCache
+from worldsim.config import EngineConfig
+from worldsim.positions import block_positions
+
+W, N = 6, 3  # reference window and block
+
+
+def test_block_positions_stay_in_window_however_far() -> None:
+    config = EngineConfig()
+    for block in (10, 10_000):
+        start = block * N
+        held = [0, start - 2, start - 1]  # the sink and the two most recent frames
+        positions = block_positions(config, held, start)
+        assert positions[-N:] == list(range(W - N, W))
+        assert max(positions) == W - 1
+
+
+def test_absolute_positions_grow_past_the_horizon() -> None:
+    config = EngineConfig(positions="absolute")
+    positions = block_positions(config, [0, 29_998, 29_999], 30_000)
+    assert positions == [0, 29_998, 29_999, 30_000, 30_001, 30_002]
+
+
+def test_onset_positions_anchor_the_block() -> None:
+    config = EngineConfig(positions="onset", onset_frame=21)
+    assert block_positions(config, [0, 7, 8], 9) == [18, 19, 20, 21, 22, 23]
+    assert block_positions(config, [], 0) == [21, 22, 23]
+
+
+def test_session_positions_after_window_fills(world) -> None:
+    session = world.session("a meadow", seed=0)
+    for index in range(11):
+        block = session.step()
+        assert max(block.positions) <= W - 1
+        if index >= 1:
+            assert block.positions[-N:] == tuple(range(W - N, W))
+    assert block.index == 10
+
+
+def test_cache_and_decoder_keep_their_size_over_500_blocks() -> None:
+    world = tiny_world(EngineConfig(window_frames=6, block_frames=3, denoising_steps=(1000,)))
+    session = world.session("a meadow", seed=0)
+    session.step()
+    cache_bytes = session.cache.nbytes
+
+    def decoder_bytes() -> int:
+        return sum(
+            t.numel() * t.element_size() for t in session.decoder_state.feature_cache if torch.is_tensor(t)
+        )
+
+    session.step()
+    state_bytes = decoder_bytes()
+    for index in range(2, 500):
+        if index % 97 == 0:
+            session.set_prompt(f"prompt {index}")
+        if index % 131 == 0:
+            session.cut(f"place {index}")
+        block = session.step()
+        assert session.cache.frames <= W - N
+        assert session.cache.nbytes == cache_bytes
+        assert decoder_bytes() == state_bytes
+        assert max(block.positions) <= W - 1 or block.cut
+    assert session.block_index == 500
+    assert session.frames_generated == 1 + (500 * N - 1) * 4
+
+
+def test_flush_keeps_the_sink_and_the_last_k_frames() -> None:
+    cache = KVCache(num_layers=1, capacity=W - N, sink_frames=1)
+    kv = torch.arange(3 * 2, dtype=torch.float32).view(1, 3 * 2, 1, 1)  # 3 frames of 2 tokens
+    for block in range(4):
+        cache.commit([(kv + 100 * block, kv + 100 * block)], [3 * block, 3 * block + 1, 3 * block + 2])
+    assert cache.frame_indices == [0, 10, 11]
+    cache.flush(keep_frames=1)
+    assert cache.frame_indices == [0, 11]
+    keys = cache.layers()[0][0].flatten()
+    assert keys.tolist() == [0, 1, 304, 305]  # sink frame 0 and frame 11's tokens
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_prompt_change_flushes_and_shows_in_the_very_next_block(keep: int) -> None:
+    world = tiny_world(EngineConfig(flush_keep_frames=keep))
+    changed = world.session("a meadow", seed=7)
+    same = world.session("a meadow", seed=7)
+    untouched = world.session("a meadow", seed=7)
+    for _ in range(3):
+        a, b, c = changed.step(), same.step(), untouched.step()
+        assert np.array_equal(a.frames, c.frames)
+    changed.set_prompt("a snowfield")
+    same.set_prompt("a meadow")
+    a, b, c = changed.step(), same.step(), untouched.step()
+
+    assert a.flushed and not b.flushed
+    assert len(a.positions) == 1 + keep + N  # the sink, k kept frames, the block
+    assert a.positions == tuple(range(1 + keep + N))
+    assert not np.array_equal(a.frames, c.frames)  # the new prompt shows at once
+    assert np.array_equal(b.frames, c.frames)  # re-setting the same prompt changes nothing
+
+
+def test_cut_shifts_only_the_first_block_after_it() -> None:
+    delta = 42
+    world = tiny_world(EngineConfig(cut_delta=delta))
+    session = world.session("a meadow", seed=3)
+    for _ in range(4):
+        session.step()
+    session.cut("a desert")
+    cut_block = session.step()
+    after = [session.step() for _ in range(3)]
+
+    normal = list(range(1 + 2 + N))  # sink + flush_keep_frames + block
+    assert cut_block.cut and cut_block.prompt == "a desert"
+    assert cut_block.positions == (*normal[:3], *(p + delta for p in normal[3:]))  # 0,1,2,45,46,47
+    for block in after:
+        assert not block.cut
+        assert block.positions == tuple(range(W))
+
+
+def test_cut_without_sink_starts_a_fresh_window() -> None:
+    world = tiny_world(EngineConfig(cut_keeps_sink=False))
+    session = world.session("a meadow", seed=3)
+    for _ in range(3):
+        session.step()
+    session.cut("a desert")
+    block = session.step()
+    assert block.cut and block.positions == (0, 1, 2)
+    assert session.cache.frame_indices[0] == 9  # the cut block's first frame is the new sink
+
+
+def test_same_seed_same_frames_and_explicit_noise() -> None:
+    world = tiny_world()
+    a, b = world.session("x", seed=5), world.session("x", seed=5)
+    for _ in range(3):
+        assert np.array_equal(a.step().frames, b.step().frames)
+    noise = torch.randn(world.latent_shape(N), generator=torch.Generator().manual_seed(0))
+    c, d = world.session("x", seed=1), world.session("x", seed=1)
+    assert torch.equal(c.step(noise=noise).latents, d.step(noise=noise).latents)
+    with pytest.raises(ValueError, match="noise has shape"):
+        c.step(noise=torch.zeros(1, 2, 3))
+
+
+def test_first_block_frame_counts(world) -> None:
+    session = world.session("a meadow")
+    first, second = session.step(), session.step()
+    assert first.frames.shape == (1 + (N - 1) * 4, 32, 32, 3) and first.frames.dtype == np.uint8
+    assert second.frames.shape == (N * 4, 32, 32, 3)
+    assert session.frames_generated == first.frames.shape[0] + second.frames.shape[0]
+
+
+def test_prompt_is_encoded_once(world) -> None:
+    session = world.session("a lake")
+    before = world.text_encoder.encoded
+    session.set_prompt("a forest")
+    session.step()
+    session.set_prompt("a lake")
+    session.step()
+    world.session("a forest")
+    assert world.text_encoder.encoded - before <= 1  # only "a forest" was new

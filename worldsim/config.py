@@ -1,0 +1,186 @@
+"""Engine settings and named architecture presets.
+
+``EngineConfig`` holds every knob of the infinity-RoPE rollout (arXiv 2511.20649): block size,
+cache window, sink, KV Flush, RoPE Cut and the sampling schedule. Its defaults are the released
+reference code's Wan settings. ``PRESETS`` names whole architectures (transformer, VAE, text
+width, video size) so that a model with random weights can be built for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+POSITION_SCHEMES = ("relative", "onset", "absolute")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a rollout is generated; the defaults are the reference Wan settings."""
+
+    block_frames: int = 3  # latent frames generated together
+    window_frames: int = 6  # frames self-attention sees: kept frames + the block being generated
+    sink_frames: int = 1  # first frames of the rollout that are never evicted (the global sink)
+    flush_keep_frames: int = 2  # recent frames a KV Flush keeps besides the sink
+    cut_delta: int = 42  # a RoPE Cut shifts the next block's temporal positions by this much
+    cut_keeps_sink: bool = True  # False: a cut starts a fresh window whose first frame is the new sink
+    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)  # timesteps before the shift warp
+    shift: float = 5.0  # flow-matching timestep shift
+    context_noise: int = 0  # timestep of the pass that writes a finished block into the cache
+    positions: str = "relative"  # relative (Block-Relativistic) | onset | absolute
+    onset_frame: int = 21  # the "onset" scheme anchors the block here, earlier frames before it
+    fps: float = 16.0  # video frames per second
+    training_horizon_frames: int = 21  # most latent frames the model saw together in training
+    kept_frames: int = field(init=False)  # frames the cache holds between blocks
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.block_frames < 1:
+            problems.append("block_frames must be at least 1")
+        if self.sink_frames < 0:
+            problems.append("sink_frames must be 0 or more")
+        if self.window_frames < self.block_frames + self.sink_frames:
+            problems.append(
+                f"window_frames ({self.window_frames}) must hold the sink ({self.sink_frames}) "
+                f"and a block ({self.block_frames})"
+            )
+        if self.flush_keep_frames < 0 or self.sink_frames + self.flush_keep_frames > max(
+            self.window_frames - self.block_frames, 0
+        ):
+            problems.append(
+                f"flush_keep_frames ({self.flush_keep_frames}) plus the sink must fit in the "
+                f"{self.window_frames - self.block_frames} frames kept between blocks"
+            )
+        if not self.denoising_steps or any(not 0 < t <= 1000 for t in self.denoising_steps):
+            problems.append("denoising_steps must be a non-empty list of timesteps in (0, 1000]")
+        if list(self.denoising_steps) != sorted(self.denoising_steps, reverse=True):
+            problems.append("denoising_steps must decrease")
+        if not 0 <= self.context_noise < 1000:
+            problems.append("context_noise must be in [0, 1000)")
+        if self.positions not in POSITION_SCHEMES:
+            problems.append(f"positions must be one of {POSITION_SCHEMES}, not {self.positions!r}")
+        if self.shift <= 0 or self.fps <= 0:
+            problems.append("shift and fps must be positive")
+        if problems:
+            raise ValueError("invalid engine settings: " + "; ".join(problems))
+        object.__setattr__(self, "denoising_steps", tuple(int(t) for t in self.denoising_steps))
+        object.__setattr__(self, "kept_frames", self.window_frames - self.block_frames)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values."""
+        values = dataclasses.asdict(self)
+        values.pop("kept_frames")
+        values["denoising_steps"] = list(self.denoising_steps)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
+        """Settings from a dict; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown engine settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        values = dict(values)
+        if "denoising_steps" in values:
+            values["denoising_steps"] = tuple(values["denoising_steps"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        """A copy with some settings changed (and validated)."""
+        return EngineConfig.from_dict({**self.to_dict(), **changes})
+
+
+# Wan2.1 VAE latent statistics (per channel), used to normalise latents for the transformer.
+WAN_LATENTS_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)  # fmt: skip
+WAN_LATENTS_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ArchitecturePreset:
+    """A whole model architecture: enough to build it with random weights."""
+
+    transformer: dict[str, Any]  # WanTransformer3DModel keyword arguments
+    vae: dict[str, Any]  # AutoencoderKLWan keyword arguments
+    height: int  # video pixels
+    width: int
+    text_length: int  # tokens the text encoder produces (padded)
+    engine: EngineConfig
+    latents_mean: tuple[float, ...]
+    latents_std: tuple[float, ...]
+
+
+PRESETS: dict[str, ArchitecturePreset] = {
+    "tiny": ArchitecturePreset(
+        transformer=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=4,
+            attention_head_dim=64,
+            in_channels=8,
+            out_channels=8,
+            text_dim=384,
+            freq_dim=64,
+            ffn_dim=768,
+            num_layers=4,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+        ),
+        vae=dict(
+            base_dim=32,
+            z_dim=8,
+            dim_mult=[1, 2, 4],
+            num_res_blocks=1,
+            attn_scales=[],
+            temperal_downsample=[True, True],
+            latents_mean=[0.0] * 8,
+            latents_std=[1.0] * 8,
+        ),
+        height=64,
+        width=64,
+        text_length=16,
+        engine=EngineConfig(
+            block_frames=3, window_frames=6, sink_frames=1, flush_keep_frames=2, cut_delta=42, fps=16.0
+        ),
+        latents_mean=(0.0,) * 8,
+        latents_std=(1.0,) * 8,
+    ),
+    "wan-1.3b": ArchitecturePreset(
+        transformer=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+        ),
+        vae=dict(
+            base_dim=96,
+            z_dim=16,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=2,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+        ),
+        height=480,
+        width=832,
+        text_length=512,
+        engine=EngineConfig(),
+        latents_mean=WAN_LATENTS_MEAN,
+        latents_std=WAN_LATENTS_STD,
+    ),
+}

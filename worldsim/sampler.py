@@ -1,0 +1,66 @@
+"""Few-step flow-matching sampling of one block (Self-Forcing, arXiv 2506.08009).
+
+The model predicts a flow v with x_t = (1 - sigma) x0 + sigma eps, so x0 = x_t - sigma v. A block
+starts from noise; after each step but the last, x0 is re-noised to the next sigma. Timesteps are
+Wan's: sigma grid linspace(1, 0, 1001)[:-1], warped by the shift, ``t = 1000 sigma``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def shifted_sigma(timestep: int, shift: float, num_train_timesteps: int = 1000) -> float:
+    """Warped sigma of a step-list timestep: sigma = s / T, then shift * s / (1 + (shift - 1) s)."""
+    s = 1.0 - (num_train_timesteps - timestep) / num_train_timesteps
+    return shift * s / (1.0 + (shift - 1.0) * s)
+
+
+@dataclass(frozen=True)
+class FlowMatchSchedule:
+    """The sigmas a block is denoised through."""
+
+    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    shift: float = 5.0
+
+    @property
+    def sigmas(self) -> tuple[float, ...]:
+        """Warped sigma of each step, in step order."""
+        return tuple(shifted_sigma(t, self.shift) for t in self.denoising_steps)
+
+    @property
+    def timesteps(self) -> tuple[float, ...]:
+        """Model timesteps (1000 sigma) of each step."""
+        return tuple(1000.0 * s for s in self.sigmas)
+
+
+FlowFn = Callable[[Tensor, float], Tensor]  # (x_t, timestep) -> predicted flow
+
+
+def sample_block(
+    flow_fn: FlowFn, schedule: FlowMatchSchedule, noise: Tensor, generator: torch.Generator
+) -> Tensor:
+    """Denoise `noise` (B, C, n, h, w) to a clean block x0; re-noising draws from `generator` (CPU)."""
+    x = noise.float()
+    steps = list(zip(schedule.sigmas, schedule.timesteps, strict=True))
+    for i, (sigma, timestep) in enumerate(steps):
+        x0 = x - sigma * flow_fn(x, timestep).float()
+        if i == len(steps) - 1:
+            return x0
+        next_sigma = steps[i + 1][0]
+        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+        x = (1.0 - next_sigma) * x0 + next_sigma * eps
+    raise ValueError("the schedule has no steps")
+
+
+def renoise(x0: Tensor, timestep: int, shift: float, generator: torch.Generator) -> Tensor:
+    """x0 noised to a step-list timestep (0 returns x0 unchanged)."""
+    if timestep == 0:
+        return x0
+    sigma = shifted_sigma(timestep, shift)
+    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+    return (1.0 - sigma) * x0 + sigma * eps

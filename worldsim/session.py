@@ -1,0 +1,144 @@
+"""A rollout session: blocks of video generated one after another, forever, in constant memory.
+
+Each ``step()`` (Self-Forcing loop with infinity-RoPE, arXiv 2511.20649):
+
+1. apply a pending prompt change (KV Flush) or scene change (RoPE Cut);
+2. compute the window's temporal positions (``worldsim.positions``);
+3. denoise the block from noise in a few flow-matching steps, attending to the cache;
+4. run the model once more on the clean block and commit its keys/values to the cache;
+5. decode the block to video frames with the streaming decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.causal_wan import TextContext
+from models.streaming_vae import DecoderState, to_uint8_frames
+from worldsim.cache import KVCache
+from worldsim.config import EngineConfig
+from worldsim.positions import block_positions
+from worldsim.sampler import FlowMatchSchedule, renoise, sample_block
+
+if TYPE_CHECKING:
+    from worldsim.world import World
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated block."""
+
+    index: int  # block number in the rollout, from 0
+    frames: np.ndarray  # (T, H, W, 3) uint8 video frames
+    latents: Tensor  # (C, n, h, w) normalised clean latents
+    prompt: str
+    positions: tuple[int, ...]  # temporal positions of the window (held frames, then the block)
+    flushed: bool  # a KV Flush ran before this block
+    cut: bool  # a RoPE Cut ran before this block
+    cache_frames: int  # frames held in the cache after this block
+
+
+class Session:
+    """An endless rollout from a prompt and a seed; change the prompt or cut at any block."""
+
+    def __init__(self, world: World, prompt: str, seed: int = 0, config: EngineConfig | None = None) -> None:
+        self.world = world
+        self.config = config or world.config
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.schedule = FlowMatchSchedule(self.config.denoising_steps, self.config.shift)
+        self.cache = KVCache(world.model.num_layers, self.config.kept_frames, self.config.sink_frames)
+        self.decoder_state: DecoderState = world.decoder.new_state()
+        self.block_index = 0
+        self.frames_generated = 0
+        self.prompt = prompt
+        self._text: TextContext = world.text_context(prompt)
+        self._pending_prompt: str | None = None
+        self._pending_cut = False
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames generated so far."""
+        return self.block_index * self.config.block_frames
+
+    def set_prompt(self, prompt: str) -> None:
+        """Follow `prompt` from the next block on; a change fires a KV Flush before it."""
+        self._pending_prompt = prompt
+
+    def cut(self, prompt: str | None = None) -> None:
+        """Make a scene cut (RoPE Cut) before the next block, optionally to a new prompt."""
+        self._pending_cut = True
+        if prompt is not None:
+            self._pending_prompt = prompt
+
+    @torch.no_grad()
+    def step(self, noise: Tensor | None = None) -> Block:
+        """Generate, commit and decode the next block; `noise` (1, C, n, h, w) overrides the seed's."""
+        config, model = self.config, self.world.model
+        n = config.block_frames
+
+        # 1. Prompt change -> KV Flush; scene change -> RoPE Cut.
+        flushed = cut = False
+        if self._pending_prompt is not None and self._pending_prompt != self.prompt:
+            self.prompt = self._pending_prompt
+            self._text = self.world.text_context(self.prompt)
+            flushed = True
+        if self._pending_cut and self.block_index > 0:
+            cut = True
+            flushed = True
+            if config.cut_keeps_sink:
+                self.cache.flush(config.flush_keep_frames)
+            else:
+                self.cache.clear()  # the cut block's first frame becomes the new sink
+        elif flushed:
+            self.cache.flush(config.flush_keep_frames)
+        self._pending_prompt, self._pending_cut = None, False
+
+        # 2. Temporal positions of the window.
+        start = self.latent_frames
+        positions = block_positions(
+            config, self.cache.frame_indices, start, cut=cut and config.cut_keeps_sink
+        )
+
+        # 3. Denoise the block against the cache.
+        past = self.cache.layers()
+        batch = torch.ones(1, device=model.device)
+
+        def flow(x: Tensor, timestep: float) -> Tensor:
+            return model(x.to(model.dtype), batch * timestep, self._text, positions, past)[0]
+
+        if noise is None:
+            noise = torch.randn(self.world.latent_shape(n), generator=self.generator, dtype=torch.float32)
+        elif tuple(noise.shape) != self.world.latent_shape(n):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {self.world.latent_shape(n)}")
+        x0 = sample_block(flow, self.schedule, noise.to(model.device), self.generator)
+
+        # 4. Context pass: the clean block's keys/values are what the cache keeps.
+        context = renoise(x0, config.context_noise, config.shift, self.generator)
+        _, block_kv = model(
+            context.to(model.dtype), batch * config.context_noise, self._text, positions, past
+        )
+        self.cache.commit(block_kv, list(range(start, start + n)))
+
+        # 5. Decode.
+        video = self.world.decoder.decode(x0, self.decoder_state)
+        frames = to_uint8_frames(video)[0].cpu().numpy()  # (T, H, W, 3)
+
+        block = Block(
+            index=self.block_index,
+            frames=frames,
+            latents=x0[0].cpu(),
+            prompt=self.prompt,
+            positions=tuple(positions),
+            flushed=flushed,
+            cut=cut,
+            cache_frames=self.cache.frames,
+        )
+        self.block_index += 1
+        self.frames_generated += frames.shape[0]
+        return block
