@@ -163,3 +163,29 @@ def test_prompt_is_encoded_once(world) -> None:
     session.step()
     world.session("a forest")
     assert world.text_encoder.encoded - before <= 1  # only "a forest" was new
+
+
+def test_run_schedule_flushes_and_cuts_where_the_plan_says(world) -> None:
+    from worldsim.schedule import parse_schedule
+    from worldsim.session import run_schedule
+
+    schedule = parse_schedule("a meadow [2b] | a meadow at night [1b] | a city [2b#]")
+    planned = world.session("a meadow", seed=4)
+    blocks = list(run_schedule(planned, schedule.block_plan(12, 16.0), 5))
+
+    manual = world.session("a meadow", seed=4)
+    expected = [manual.step(), manual.step()]
+    manual.set_prompt("a meadow at night")
+    expected.append(manual.step())
+    manual.cut("a city")
+    expected += [manual.step(), manual.step()]
+
+    assert [(b.prompt, b.flushed, b.cut) for b in blocks] == [
+        ("a meadow", False, False),
+        ("a meadow", False, False),
+        ("a meadow at night", True, False),
+        ("a city", True, True),
+        ("a city", False, False),
+    ]
+    for got, want in zip(blocks, expected, strict=True):
+        assert np.array_equal(got.frames, want.frames)

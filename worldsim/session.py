@@ -11,7 +11,9 @@ Each ``step()`` (Self-Forcing loop with infinity-RoPE, arXiv 2511.20649):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +28,7 @@ from worldsim.positions import block_positions
 from worldsim.sampler import FlowMatchSchedule, renoise, sample_block
 
 if TYPE_CHECKING:
+    from worldsim.schedule import BlockEvent
     from worldsim.world import World
 
 
@@ -41,6 +44,7 @@ class Block:
     flushed: bool  # a KV Flush ran before this block
     cut: bool  # a RoPE Cut ran before this block
     cache_frames: int  # frames held in the cache after this block
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time by stage: transformer, decode
 
 
 class Session:
@@ -48,6 +52,7 @@ class Session:
 
     def __init__(self, world: World, prompt: str, seed: int = 0, config: EngineConfig | None = None) -> None:
         self.world = world
+        self.synchronize_timing = False  # wait for the device at stage ends, so stage times are exact
         self.config = config or world.config
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
@@ -106,6 +111,7 @@ class Session:
         )
 
         # 3. Denoise the block against the cache.
+        started = self.clock()
         past = self.cache.layers()
         batch = torch.ones(1, device=model.device)
 
@@ -124,10 +130,12 @@ class Session:
             context.to(model.dtype), batch * config.context_noise, self._text, positions, past
         )
         self.cache.commit(block_kv, list(range(start, start + n)))
+        denoised = self.clock()
 
         # 5. Decode.
         video = self.world.decoder.decode(x0, self.decoder_state)
         frames = to_uint8_frames(video)[0].cpu().numpy()  # (T, H, W, 3)
+        decoded = self.clock()
 
         block = Block(
             index=self.block_index,
@@ -138,7 +146,27 @@ class Session:
             flushed=flushed,
             cut=cut,
             cache_frames=self.cache.frames,
+            seconds={"transformer": denoised - started, "decode": decoded - denoised},
         )
         self.block_index += 1
         self.frames_generated += frames.shape[0]
         return block
+
+    def clock(self) -> float:
+        """Seconds on a monotonic clock, after the device finishes its work if `synchronize_timing`."""
+        if self.synchronize_timing and self.world.model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def run_schedule(session: Session, events: Iterable[BlockEvent], blocks: int) -> Iterator[Block]:
+    """Generate `blocks` blocks, switching prompt (flush) or cutting where the events say."""
+    by_block = {event.block: event for event in events}
+    for index in range(blocks):
+        event = by_block.get(session.block_index)
+        if event is not None and index > 0:
+            if event.cut:
+                session.cut(event.prompt)
+            else:
+                session.set_prompt(event.prompt)
+        yield session.step()

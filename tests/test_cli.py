@@ -1,0 +1,86 @@
+"""Each command end to end for a few blocks, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import HEIGHT, LATENTS_MEAN, LATENTS_STD, WIDTH, tiny_transformer, tiny_vae
+from worldsim.cli import main
+from worldsim.config import EngineConfig
+from worldsim.video import read_video
+from worldsim.world import save_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("bundle")
+    save_bundle(
+        folder,
+        tiny_transformer(),
+        tiny_vae(),
+        {"kind": "hash", "dim": 16, "length": 5},
+        EngineConfig(fps=16.0),
+        HEIGHT,
+        WIDTH,
+        name="test",
+        latents_mean=LATENTS_MEAN,
+        latents_std=LATENTS_STD,
+    )
+    return str(folder)
+
+
+def test_generate_from_a_prompt(bundle, tmp_path, capsys) -> None:
+    out = tmp_path / "video.mp4"
+    assert (
+        main(["generate", "--model", bundle, "--prompt", "a meadow", "--seconds", "2", "--out", str(out)])
+        == 0
+    )
+    frames = read_video(out)
+    assert frames.shape == (9 + 2 * 12, HEIGHT, WIDTH, 3)  # ceil(2 s * 16 fps / 12) = 3 blocks
+    assert "wrote 33 frames" in capsys.readouterr().out
+
+
+def test_generate_from_a_script(bundle, tmp_path) -> None:
+    out = tmp_path / "video.gif"
+    assert (
+        main(["generate", "--model", bundle, "--script", "a meadow [2b] | a city [2b#]", "--out", str(out)])
+        == 0
+    )
+    assert read_video(out).shape == (9 + 3 * 12, HEIGHT, WIDTH, 3)
+
+
+def test_generate_errors(bundle, tmp_path, capsys) -> None:
+    out = str(tmp_path / "v.mp4")
+    assert main(["generate", "--model", bundle, "--script", "a [2s] | b [x]", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "bad --script" in err and "^" in err
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "a", "--out", out]) == 2
+    assert "no bundle named" in capsys.readouterr().err
+    assert main(["generate", "--model", bundle, "--prompt", "a", "--out", str(tmp_path / "v.avi")]) == 2
+    assert "--out must end in .mp4 or .gif" in capsys.readouterr().err
+    assert (
+        main(["generate", "--model", bundle, "--prompt", "a", "--out", str(tmp_path / "no" / "v.mp4")]) == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_json(bundle, capsys) -> None:
+    assert main(["bench", "--model", bundle, "--blocks", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("fps", "block_ms_median", "first_block_ms", "peak_mem_mb", "frames", "device", "dtype"):
+        assert key in result
+    assert result["frames"] == 9 + 2 * 12 and result["device"] == "cpu" and result["dtype"] == "float32"
+    assert result["fps"] > 0 and result["peak_mem_mb"] > 0
+    assert result["transformer_ms_median"] + result["decode_ms_median"] <= result["block_ms_median"] + 1e-6
+
+
+def test_bench_random_preset_and_errors(capsys) -> None:
+    assert main(["bench", "--random", "nonesuch"]) == 2
+    assert "unknown preset 'nonesuch'" in capsys.readouterr().err
+    assert main(["bench", "--random", "tiny", "--blocks", "1"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["bench", "--random", "tiny", "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,38 @@
+"""Streaming decode of a rollout equals diffusers' one-shot AutoencoderKLWan.decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.streaming_vae import StreamingDecoder, to_uint8_frames
+from tests.conftest import LATENTS_MEAN, LATENTS_STD, tiny_vae
+
+
+@pytest.mark.parametrize("split", [[1, 3, 3, 3], [3, 3, 3, 1], [2, 5, 1, 2]])
+def test_streaming_decode_equals_one_shot_decode(split: list[int]) -> None:
+    vae = tiny_vae()
+    decoder = StreamingDecoder(vae, LATENTS_MEAN, LATENTS_STD)
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, sum(split), 8, 8)
+    mean = torch.tensor(LATENTS_MEAN).view(1, -1, 1, 1, 1)
+    std = torch.tensor(LATENTS_STD).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        whole = vae.decode(latents * std + mean).sample  # diffusers' own decode, cache cleared per call
+
+    state = decoder.new_state()
+    parts, start = [], 0
+    for size in split:
+        parts.append(decoder.decode(latents[:, :, start : start + size], state))
+        start += size
+    streamed = torch.cat(parts, dim=2)
+    assert streamed.shape == whole.shape == (1, 3, 1 + (sum(split) - 1) * 4, 32, 32)
+    torch.testing.assert_close(streamed, whole, atol=1e-6, rtol=0)
+    assert torch.equal(to_uint8_frames(streamed), to_uint8_frames(whole))
+    assert decoder.video_frames(split[0], first=True) == parts[0].shape[2]
+    assert decoder.video_frames(split[1], first=False) == parts[1].shape[2]
+
+
+def test_decoder_rejects_mismatched_normalisation() -> None:
+    with pytest.raises(ValueError, match="3 means and 4 stds for a VAE with 4 latent channels"):
+        StreamingDecoder(tiny_vae(), [0.0] * 3, [1.0] * 4)

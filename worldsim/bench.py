@@ -1,0 +1,124 @@
+"""Speed and memory of a rollout: frames per second, first-block latency, peak memory, per stage."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from worldsim.world import World
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What `worldsim bench` reports; every time is wall-clock."""
+
+    model: str
+    device: str
+    device_name: str
+    dtype: str
+    resolution: str  # video WxH
+    steps: int  # denoising steps per block (+1 context pass)
+    blocks: int
+    frames: int  # video frames generated, all blocks
+    fps: float  # video frames per second after the first block, decode included
+    first_block_ms: float
+    block_ms_median: float
+    transformer_ms_median: float
+    decode_ms_median: float
+    other_ms_median: float
+    peak_mem_mb: float  # CUDA: max allocated; CPU: peak resident set size of the process
+    torch: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return asdict(self)
+
+
+def run_bench(
+    world: World, blocks: int = 8, prompt: str = "a walk through a forest", seed: int = 0
+) -> BenchResult:
+    """Generate `blocks` blocks with one prompt switch and one cut, and time each block."""
+    if blocks < 2:
+        raise ValueError("bench needs at least 2 blocks (the first block is timed apart)")
+    device = world.model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    session = world.session(prompt, seed=seed)
+    session.synchronize_timing = True
+    # Encode the prompts used below before timing, as a player's scenario prompts would be.
+    for text in (f"{prompt}, at night", "a city street"):
+        world.text_context(text)
+
+    times, stages, frames = [], [], 0
+    for index in tqdm(range(blocks), desc="bench", unit="block", leave=False):
+        if index == blocks // 2:
+            session.set_prompt(f"{prompt}, at night")
+        if index == blocks // 2 + 1:
+            session.cut("a city street")
+        started = session.clock()
+        block = session.step()
+        times.append(session.clock() - started)
+        stages.append(block.seconds)
+        frames += block.frames.shape[0]
+
+    steady = times[1:]
+    steady_frames = frames - _first_block_frames(world)
+    transformer = [s["transformer"] for s in stages[1:]]
+    decode = [s["decode"] for s in stages[1:]]
+    other = [t - a - b for t, a, b in zip(steady, transformer, decode, strict=True)]
+    return BenchResult(
+        model=world.name,
+        device=device.type,
+        device_name=torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        dtype=str(world.model.dtype).removeprefix("torch."),
+        resolution=f"{world.width}x{world.height}",
+        steps=len(world.config.denoising_steps),
+        blocks=blocks,
+        frames=frames,
+        fps=steady_frames / sum(steady),
+        first_block_ms=1000 * times[0],
+        block_ms_median=1000 * statistics.median(steady),
+        transformer_ms_median=1000 * statistics.median(transformer),
+        decode_ms_median=1000 * statistics.median(decode),
+        other_ms_median=1000 * statistics.median(other),
+        peak_mem_mb=_peak_memory_mb(device),
+        torch=torch.__version__,
+    )
+
+
+def _first_block_frames(world: World) -> int:
+    return world.decoder.video_frames(world.config.block_frames, first=True)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def format_result(result: BenchResult) -> str:
+    """A small human-readable table."""
+    rows = [
+        ("model", result.model),
+        ("device", f"{result.device} ({result.device_name})"),
+        ("dtype", result.dtype),
+        ("video", f"{result.resolution}, {result.steps} steps + context pass"),
+        ("blocks / frames", f"{result.blocks} / {result.frames}"),
+        ("fps (after first block)", f"{result.fps:.1f}"),
+        ("first block", f"{result.first_block_ms:.0f} ms"),
+        ("block, median", f"{result.block_ms_median:.0f} ms"),
+        ("  transformer", f"{result.transformer_ms_median:.0f} ms"),
+        ("  decode", f"{result.decode_ms_median:.0f} ms"),
+        ("  other", f"{result.other_ms_median:.0f} ms"),
+        ("peak memory", f"{result.peak_mem_mb:.0f} MiB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
