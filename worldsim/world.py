@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from safetensors import SafetensorError
 
 from models.causal_wan import FP32_MODULES, CausalWanTransformer, TextContext
 from models.checkpoint import load_diffusers_transformer, load_generator_checkpoint
@@ -170,6 +171,12 @@ def _load_bundle(
     missing = [key for key in ("transformer", "vae", "text_encoder", "height", "width") if key not in spec]
     if missing:
         raise BundleError(f"{folder / BUNDLE_FILE} lacks {', '.join(missing)}")
+    if not isinstance(spec.get("engine", {}), dict):
+        raise BundleError(f"{folder / BUNDLE_FILE}: 'engine' must be an object of engine settings")
+    if not isinstance(spec["text_encoder"], dict):
+        raise BundleError(
+            f"{folder / BUNDLE_FILE}: 'text_encoder' must be an object with a 'kind' (umt5 or hash)"
+        )
     try:
         engine = EngineConfig.from_dict(spec.get("engine", {}))
     except (TypeError, ValueError) as err:
@@ -202,7 +209,7 @@ def _load_wan_pipeline(
     if checkpoint is not None:
         load_generator_checkpoint(transformer, checkpoint)
     vae = _load_vae(folder / "vae")
-    text = UMT5TextEncoder(folder / "text_encoder", folder / "tokenizer", device=device, dtype=dtype)
+    text = _umt5(folder / "text_encoder", folder / "tokenizer", device=device, dtype=dtype)
     spec = PRESETS["wan-1.3b"]
     return assemble_world(
         folder.name, transformer, vae, text, spec.engine, spec.height, spec.width,
@@ -221,13 +228,24 @@ def _load_vae(folder: Path) -> AutoencoderKLWan:
         raise BundleError(f"cannot load the VAE from {folder}: {err}") from err
 
 
+def _umt5(folder: Path, tokenizer: Path, **options: Any) -> UMT5TextEncoder:
+    try:
+        return UMT5TextEncoder(folder, tokenizer, **options)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise BundleError(
+            f"cannot load the UMT5 text encoder from {folder} (tokenizer {tokenizer}): {err}"
+        ) from err
+
+
 def _text_encoder(spec: dict[str, Any], folder: Path, device: str | torch.device) -> TextEncoder:
     kind = spec.get("kind")
     if kind == "umt5":
         path = folder / spec.get("path", "text_encoder")
         tokenizer = folder / spec.get("tokenizer", spec.get("path", "tokenizer"))
-        return UMT5TextEncoder(path, tokenizer, max_length=int(spec.get("max_length", 512)), device=device)
+        return _umt5(path, tokenizer, max_length=int(spec.get("max_length", 512)), device=device)
     if kind == "hash":
+        if "dim" not in spec:
+            raise BundleError("the hash text encoder needs 'dim' (the transformer's text_dim)")
         return HashTextEncoder(int(spec["dim"]), int(spec.get("length", 16)), device=device)
     raise BundleError(f"unknown text encoder kind {kind!r} (known: umt5, hash)")
 
