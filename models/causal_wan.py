@@ -162,7 +162,6 @@ class CausalWanTransformer(nn.Module):
         _, p_h, p_w = self.patch_size
         return (latent_height // p_h) * (latent_width // p_w)
 
-    @torch.no_grad()
     def encode_text(self, text_states: Tensor) -> TextContext:
         """Project text-encoder states (B, text_len, text_dim) to every layer's cross-attention K/V."""
         context = self.transformer.condition_embedder.text_embedder(text_states.to(self.dtype))  # (B, L, dim)
@@ -178,14 +177,15 @@ class CausalWanTransformer(nn.Module):
         latents: Tensor,
         timestep: Tensor,
         text: TextContext,
-        temporal_positions: Sequence[float],
+        temporal_positions: Sequence[float] | Sequence[Sequence[float]],
         past: Sequence[LayerKV] | None = None,
     ) -> tuple[Tensor, list[LayerKV]]:
         """Predict the flow of one block and return it with the block's un-rotated K/V per layer.
 
         latents: (B, C, n, H, W) the block's latent frames; timestep: (B,) in [0, 1000];
         temporal_positions: one position per frame of the window, past frames first, the block's
-        n frames last; past: per layer (keys, values) of the past frames, (B, F_past*tokens, heads, hd).
+        n frames last (or one such list per batch element); past: per layer (keys, values) of the
+        past frames, (B, F_past*tokens, heads, hd).
         """
         t = self.transformer
         batch, _, frames, height, width = latents.shape
@@ -193,14 +193,21 @@ class CausalWanTransformer(nn.Module):
         grid_f, grid_h, grid_w = frames // p_t, height // p_h, width // p_w
         past_tokens = 0 if past is None else past[0][0].shape[1]
         tokens_per_frame = grid_h * grid_w
-        if len(temporal_positions) * tokens_per_frame != past_tokens + grid_f * tokens_per_frame:
-            raise ValueError(
-                f"{len(temporal_positions)} temporal positions given for {past_tokens // tokens_per_frame} "
-                f"past frames and a block of {grid_f}"
-            )
+        per_sample = isinstance(temporal_positions[0], Sequence)
+        position_lists = temporal_positions if per_sample else [temporal_positions]
+        for positions in position_lists:
+            if len(positions) * tokens_per_frame != past_tokens + grid_f * tokens_per_frame:
+                raise ValueError(
+                    f"{len(positions)} temporal positions given for {past_tokens // tokens_per_frame} "
+                    f"past frames and a block of {grid_f}"
+                )
 
         # 1. RoPE tables: keys span the whole window, queries only the block (its last grid_f frames).
-        rope_k = self.rope.tables(temporal_positions, grid_h, grid_w, latents.device)
+        tables = [self.rope.tables(p, grid_h, grid_w, latents.device) for p in position_lists]
+        if len(tables) == 1:
+            rope_k = tables[0]
+        else:  # (B, F*H*W, 1, head_dim / 2)
+            rope_k = RopeTables(torch.cat([t.cos for t in tables]), torch.cat([t.sin for t in tables]))
         query_start = past_tokens
         rope_q = RopeTables(rope_k.cos[:, query_start:], rope_k.sin[:, query_start:])
 

@@ -17,6 +17,12 @@ from torch import Tensor
 LayerKV = tuple[Tensor, Tensor]
 
 
+def frames_to_keep(frames: int, capacity: int, sink_frames: int) -> list[int]:
+    """Which of `frames` frames (oldest first) a cache of `capacity` keeps: the sink, then the newest."""
+    sinks = list(range(min(sink_frames, frames)))
+    return sinks + list(range(max(len(sinks), frames - (capacity - len(sinks))), frames))
+
+
 class KVCache:
     """Keys/values of the sink and the most recent committed frames, for every layer."""
 
@@ -62,17 +68,13 @@ class KVCache:
             raise ValueError("a block's frame size differs from the cached frames'")
 
         combined = [*self.frame_indices, *frame_indices]
-        sinks = list(range(min(self.sink_frames, len(combined))))
-        recent = list(range(max(len(sinks), len(combined) - (self.capacity - len(sinks))), len(combined)))
-        keep = sinks + recent
+        keep = frames_to_keep(len(combined), self.capacity, self.sink_frames)
         self._gather(block_kv, keep)
         self.frame_indices = [combined[i] for i in keep]
 
     def flush(self, keep_frames: int) -> None:
         """KV Flush: keep only the sink and the last `keep_frames` committed frames."""
-        sinks = list(range(min(self.sink_frames, self.frames)))
-        recent = list(range(max(len(sinks), self.frames - keep_frames), self.frames))
-        keep = sinks + recent
+        keep = frames_to_keep(self.frames, min(self.sink_frames, self.frames) + keep_frames, self.sink_frames)
         if keep != list(range(self.frames)):
             self._gather(None, keep)
             self.frame_indices = [self.frame_indices[i] for i in keep]
