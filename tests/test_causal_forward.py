@@ -82,3 +82,22 @@ def test_positions_are_relative_inside_attention() -> None:
         gapped, _ = model(latents[:, :, 3:], t, context, [0, 1, 2, 40, 41, 42], kv)
     torch.testing.assert_close(far, at_zero, atol=2e-4, rtol=0)
     assert (gapped - at_zero).abs().max() > 1e-3
+
+
+def test_per_sample_positions_equal_separate_calls() -> None:
+    model = CausalWanTransformer(tiny_transformer())
+    torch.manual_seed(4)
+    latents = torch.randn(2, 4, 6, 8, 8)
+    context = model.encode_text(torch.randn(2, 5, 16))
+    t = torch.tensor([750.0, 250.0])
+    first = [[0, 1, 2, 3, 4, 5], [0, 1, 2, 45, 46, 47]]
+    with torch.no_grad():
+        _, kv = model(latents[:, :, :3], t, context, [0, 1, 2])
+        batched, _ = model(latents[:, :, 3:], t, context, first, kv)
+        for b in range(2):
+            ctx = type(context)(
+                tuple(k[b : b + 1] for k in context.keys), tuple(v[b : b + 1] for v in context.values)
+            )
+            past = [(k[b : b + 1], v[b : b + 1]) for k, v in kv]
+            alone, _ = model(latents[b : b + 1, :, 3:], t[b : b + 1], ctx, first[b], past)
+            torch.testing.assert_close(batched[b : b + 1], alone, atol=1e-5, rtol=0)

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # torch and the models load only when a command needs them
 
 DEFAULT_MODEL = "tiny"
 DTYPES = ("float32", "bfloat16", "float16")
+COMMAND_GROUP = "worldsim.commands"  # entry points: callables taking the subparsers object
 
 
 class CommandError(Exception):
@@ -51,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     generate = commands.add_parser("generate", help="generate a video from a prompt or a prompt schedule")
-    _model_options(generate)
+    model_options(generate)
     source = generate.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt for the whole video")
     source.add_argument(
@@ -79,10 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
+
+    # Commands of the layers above the engine (training, evaluation, play, replay) register
+    # themselves through this entry-point group, so the engine never imports them.
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"bundle name or folder (default: {DEFAULT_MODEL})"
     )
@@ -93,7 +100,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
 
 
-def _torch_setup(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+def torch_setup(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     import torch
 
     try:
@@ -105,11 +112,11 @@ def _torch_setup(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return parsed, getattr(torch, dtype)
 
 
-def _open_world(args: argparse.Namespace) -> World:
+def open_world(args: argparse.Namespace) -> World:
     from models.checkpoint import CheckpointError
     from worldsim.world import BundleError, load, random_world
 
-    device, dtype = _torch_setup(args.device, args.dtype)
+    device, dtype = torch_setup(args.device, args.dtype)
     try:
         if getattr(args, "random", None):
             return random_world(args.random, device=device, dtype=dtype, seed=args.seed)
@@ -140,7 +147,7 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.out.parent.is_dir():
         raise CommandError(f"the folder of --out does not exist: {args.out.parent}")
 
-    world = _open_world(args)
+    world = open_world(args)
     config = world.config
     frames_per_block = world.decoder.video_frames(config.block_frames, first=False)
     if args.seconds is not None:
@@ -170,7 +177,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.blocks < 2:
         raise CommandError("--blocks must be at least 2")
-    world = _open_world(args)
+    world = open_world(args)
     result = run_bench(world, blocks=args.blocks, seed=args.seed)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result))
     return 0

@@ -123,19 +123,19 @@ PRESETS: dict[str, ArchitecturePreset] = {
         transformer=dict(
             patch_size=(1, 2, 2),
             num_attention_heads=4,
-            attention_head_dim=64,
+            attention_head_dim=32,
             in_channels=8,
             out_channels=8,
             text_dim=384,
             freq_dim=64,
-            ffn_dim=768,
+            ffn_dim=512,
             num_layers=4,
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
             eps=1e-6,
         ),
         vae=dict(
-            base_dim=32,
+            base_dim=8,
             z_dim=8,
             dim_mult=[1, 2, 4],
             num_res_blocks=1,
@@ -147,9 +147,7 @@ PRESETS: dict[str, ArchitecturePreset] = {
         height=64,
         width=64,
         text_length=16,
-        engine=EngineConfig(
-            block_frames=3, window_frames=6, sink_frames=1, flush_keep_frames=2, cut_delta=42, fps=16.0
-        ),
+        engine=EngineConfig(),
         latents_mean=(0.0,) * 8,
         latents_std=(1.0,) * 8,
     ),

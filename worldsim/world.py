@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from models.causal_wan import FP32_MODULES, CausalWanTransformer, TextContext
 from models.checkpoint import load_diffusers_transformer, load_generator_checkpoint
 from models.streaming_vae import StreamingDecoder
-from models.text import CachedTextEncoder, HashTextEncoder, TextEncoder, UMT5TextEncoder
+from models.text import CachedTextEncoder, HashTextEncoder, MiniLMTextEncoder, TextEncoder, UMT5TextEncoder
 from worldsim.config import PRESETS, EngineConfig
 from worldsim.session import Session
 
@@ -247,7 +247,15 @@ def _text_encoder(spec: dict[str, Any], folder: Path, device: str | torch.device
         if "dim" not in spec:
             raise BundleError("the hash text encoder needs 'dim' (the transformer's text_dim)")
         return HashTextEncoder(int(spec["dim"]), int(spec.get("length", 16)), device=device)
-    raise BundleError(f"unknown text encoder kind {kind!r} (known: umt5, hash)")
+    if kind == "minilm":
+        path = spec.get("path")
+        try:
+            return MiniLMTextEncoder(
+                folder / path if path else None, max_length=int(spec.get("max_length", 16)), device=device
+            )
+        except (OSError, ValueError) as err:
+            raise BundleError(f"cannot load the MiniLM text encoder: {err}") from err
+    raise BundleError(f"unknown text encoder kind {kind!r} (known: umt5, minilm, hash)")
 
 
 def assemble_world(
