@@ -1,0 +1,510 @@
+"""`worldsim train`: the built-in tiny world model, trained on the procedural world.
+
+Two stages, each resumable from its own checkpoint in the run folder, then the bundle:
+
+1. **VAE.** A small ``AutoencoderKLWan`` (the same class as Wan's) learns 64x64 frames <-> 16x16x8
+   latents: L1 + MSE reconstruction and a small KL term, on short clips with motion, light changes
+   and scene cuts.
+2. **Transformer.** A ``WanTransformer3DModel`` conditioned on frozen all-MiniLM-L6-v2 token states
+   learns flow matching on latent clips, rolled out block by block exactly as at inference
+   (teacher forcing: the cache holds the clean blocks' keys/values from a context pass at timestep 0).
+   Positions are Block-Relativistic, clips contain prompt switches and RoPE Cuts, and noise levels
+   are mostly the sampler's own few steps, so few-step sampling with the KV cache is what is
+   trained. The model never sees more than ``window_frames`` latent frames together.
+
+Every random draw of step ``s`` comes from generators seeded with ``(seed, s)``, so a resumed run
+continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
+from models.causal_wan import CausalWanTransformer, LayerKV
+from models.text import MiniLMTextEncoder
+from worldsim.cache import frames_to_keep
+from worldsim.config import PRESETS, EngineConfig
+from worldsim.positions import block_positions
+from worldsim.sampler import shifted_sigma
+from worldsim.world import BUILTIN_BUNDLES, save_bundle
+
+SCENARIO_FILE = Path(__file__).resolve().parent / "tiny_scenario.toml"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved in the run folder and the model card."""
+
+    run_dir: str = "runs/tiny"
+    bundle_dir: str = str(BUILTIN_BUNDLES / "tiny")
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    clip_blocks: int = 4  # blocks per training clip: 12 latent frames, 45 video frames
+    # events at each block boundary of a clip
+    p_action_change: float = 0.45
+    p_condition_change: float = 0.15
+    p_cut: float = 0.15
+    # stage 1: VAE
+    vae_steps: int = 1500
+    vae_batch: int = 8
+    vae_clip_frames: int = 9
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # latent data set
+    dataset_clips: int = 2000
+    # stage 2: transformer
+    steps: int = 4000
+    batch: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    sampler_sigma_share: float = 0.8  # share of noise levels drawn from the sampler's own steps
+    checkpoint_every: int = 100
+
+
+def train(config: TrainConfig) -> Path:
+    """Run (or resume) every stage and write the bundle; returns the bundle folder."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = Path(config.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    spec = PRESETS["tiny"]
+    started = time.time()
+    vae = train_vae(config, run)
+    latents, clips, mean, std = build_dataset(config, run, vae)
+    transformer = train_transformer(config, run, latents, clips)
+    bundle = export_bundle(config, run, transformer, vae, mean, std, spec.engine)
+    print(f"bundle written to {bundle} ({time.time() - started:.0f} s this session)")
+    return bundle
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: episodes of the procedural world
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Video frames of a clip with each block's prompt and whether the block starts with a cut."""
+
+    frames: np.ndarray  # (T, 64, 64, 3) uint8, T = 1 + 4 * (3 * blocks - 1)
+    prompts: tuple[str, ...]
+    cuts: tuple[bool, ...]
+
+
+def make_episode(rng: np.random.Generator, config: TrainConfig, blocks: int, engine: EngineConfig) -> Episode:
+    """Play the procedural world for `blocks` blocks with random actions, light changes and cuts."""
+    stride = 4  # video frames per latent frame after the first
+    biome, condition = str(rng.choice(BIOMES)), str(rng.choice(CONDITIONS))
+    action = str(rng.choice(ACTIONS, p=[0.12, 0.22, 0.22, 0.22, 0.22]))
+    world = ProceduralWorld(
+        WorldConfig(),
+        seed=int(rng.integers(2**31)),
+        biome=biome,
+        condition=condition,
+        x=int(rng.integers(-(10**6), 10**6)),
+        y=int(rng.integers(-(10**6), 10**6)),
+    )
+    frames, prompts, cuts = [world.render()], [], []
+    for block in range(blocks):
+        cut = False
+        if block > 0:
+            draw = rng.random()
+            if draw < config.p_cut:
+                biome = str(rng.choice([b for b in BIOMES if b != biome]))
+                world.teleport(biome)
+                cut = True
+            elif draw < config.p_cut + config.p_condition_change:
+                condition = str(rng.choice([c for c in CONDITIONS if c != condition]))
+                world.set_condition(condition)
+            if rng.random() < config.p_action_change:
+                action = str(rng.choice([a for a in ACTIONS if a != action]))
+        steps = engine.block_frames * stride - (stride if block == 0 else 0)  # frame 0 is already there
+        frames.extend(world.step(action) for _ in range(steps))
+        prompts.append(prompt_for(biome, condition, action))
+        cuts.append(cut)
+    video = np.stack(frames)
+    assert len(video) == 1 + stride * (engine.block_frames * blocks - 1)
+    return Episode(video, tuple(prompts), tuple(cuts))
+
+
+def to_video_tensor(frames: np.ndarray) -> Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically, so an interrupted save never leaves a broken checkpoint."""
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A stage's checkpoint, or None when the stage has not started."""
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def step_generators(seed: int, stage: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The random sources of one training step, derived from the run seed (resumable exactly)."""
+    numpy_rng = np.random.default_rng([seed, stage, step])
+    torch_rng = torch.Generator().manual_seed(int(numpy_rng.integers(2**62)))
+    return numpy_rng, torch_rng
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: VAE
+# ---------------------------------------------------------------------------------------------
+
+
+def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
+    """Train (or resume, or load the finished) tiny VAE."""
+    final = run / "vae"
+    checkpoint_path = run / "vae.ckpt"
+    state = load_checkpoint(checkpoint_path)
+    if state is not None and state["step"] >= config.vae_steps and (final / "config.json").is_file():
+        return AutoencoderKLWan.from_pretrained(final, local_files_only=True).eval()
+    spec = PRESETS["tiny"]
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKLWan(**spec.vae).to(config.device)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    start = 0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    engine = spec.engine
+    clip_blocks = 1  # a block of 9 video frames -> 3 latent frames
+    bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="vae", unit="step")
+    for step in bar:
+        rng, noise = step_generators(config.seed, 1, step)
+        episodes = [make_episode(rng, config, clip_blocks + 1, engine) for _ in range(config.vae_batch)]
+        starts = [
+            int(rng.integers(0, (len(e.frames) - config.vae_clip_frames) // 4 + 1)) * 4 for e in episodes
+        ]
+        video = to_video_tensor(
+            np.stack(
+                [e.frames[s : s + config.vae_clip_frames] for e, s in zip(episodes, starts, strict=True)]
+            )
+        ).to(config.device)
+        posterior = vae.encode(video).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=noise).to(
+            video.device
+        )
+        recon = vae.decode(latents).sample
+        l1 = (recon - video).abs().mean()
+        mse = F.mse_loss(recon, video)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = l1 + mse + config.vae_kl_weight * kl
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, 50)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
+        bar.set_postfix(l1=f"{l1.item():.4f}", psnr=f"{psnr:.1f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
+            save_checkpoint(
+                checkpoint_path,
+                {"step": step + 1, "model": vae.state_dict(), "optimizer": optimizer.state_dict()},
+            )
+            _log(run, {"stage": "vae", "step": step + 1, "l1": l1.item(), "psnr": psnr})
+    vae.eval()
+    vae.save_pretrained(final, safe_serialization=True)
+    return vae
+
+
+# ---------------------------------------------------------------------------------------------
+# The latent data set
+# ---------------------------------------------------------------------------------------------
+
+
+def build_dataset(
+    config: TrainConfig, run: Path, vae: AutoencoderKLWan
+) -> tuple[Tensor, list[dict[str, Any]], list[float], list[float]]:
+    """Encode `dataset_clips` episodes to normalised latents (cached in the run folder)."""
+    latents_file, clips_file = run / "latents.safetensors", run / "clips.json"
+    vae_step = config.vae_steps
+    if latents_file.is_file() and clips_file.is_file():
+        meta = json.loads(clips_file.read_text())
+        if meta.get("vae_step") == vae_step and len(meta["clips"]) == config.dataset_clips:
+            return load_file(latents_file)["latents"], meta["clips"], meta["mean"], meta["std"]
+    engine = PRESETS["tiny"].engine
+    rng = np.random.default_rng([config.seed, 2])
+    encoded, clips = [], []
+    batch = 16
+    with torch.no_grad():
+        for start in tqdm(range(0, config.dataset_clips, batch), desc="encode", unit="batch"):
+            episodes = [
+                make_episode(rng, config, config.clip_blocks, engine)
+                for _ in range(min(batch, config.dataset_clips - start))
+            ]
+            video = to_video_tensor(np.stack([e.frames for e in episodes])).to(config.device)
+            encoded.append(vae.encode(video).latent_dist.mean.cpu())
+            clips += [{"prompts": list(e.prompts), "cuts": list(e.cuts)} for e in episodes]
+    latents = torch.cat(encoded)  # (N, C, F, h, w)
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4))
+    normalised = ((latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).half().contiguous()
+    save_file({"latents": normalised}, latents_file)
+    meta = {"clips": clips, "mean": mean.tolist(), "std": std.tolist(), "vae_step": vae_step}
+    clips_file.write_text(json.dumps(meta))
+    return normalised, clips, meta["mean"], meta["std"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: transformer
+# ---------------------------------------------------------------------------------------------
+
+
+def commit_differentiable(
+    past: list[LayerKV] | None,
+    block_kv: list[LayerKV],
+    frames_held: int,
+    block_frames: int,
+    engine: EngineConfig,
+) -> tuple[list[LayerKV], int]:
+    """The cache update of `worldsim.cache.KVCache.commit`, out of place so gradients flow through it."""
+    keep = frames_to_keep(frames_held + block_frames, engine.kept_frames, engine.sink_frames)
+    updated = []
+    for layer, (keys, values) in enumerate(block_kv):
+        if past is not None:
+            keys, values = torch.cat([past[layer][0], keys], 1), torch.cat([past[layer][1], values], 1)
+        per_frame = keys.shape[1] // (frames_held + block_frames)
+        index = torch.tensor(keep, device=keys.device)
+        updated.append(
+            tuple(
+                t.unflatten(1, (-1, per_frame)).index_select(1, index).flatten(1, 2) for t in (keys, values)
+            )
+        )
+    return updated, len(keep)
+
+
+def rollout_loss(
+    model: CausalWanTransformer,
+    latents: Tensor,
+    text_states: Tensor,
+    cuts: Sequence[Sequence[bool]],
+    engine: EngineConfig,
+    sigma_choices: Tensor,
+    sampler_share: float,
+    generator: torch.Generator,
+) -> Tensor:
+    """Flow-matching loss of a batch of clips rolled out block by block with a teacher-forced cache.
+
+    latents: (B, C, F, h, w) clean normalised latents; text_states: (B, blocks, L, dim);
+    cuts[b][k]: block k of clip b follows a RoPE Cut.
+    """
+    batch, _, frames, _, _ = latents.shape
+    n = engine.block_frames
+    past: list[LayerKV] | None = None
+    held: list[list[int]] = [[] for _ in range(batch)]
+    losses = []
+    for block in range(frames // n):
+        start = block * n
+        clean = latents[:, :, start : start + n]
+        text = model.encode_text(text_states[:, block])
+        positions = [block_positions(engine, held[b], start, cut=bool(cuts[b][block])) for b in range(batch)]
+
+        # Noise levels: mostly the sampler's own sigmas, sometimes any shifted sigma.
+        pick = torch.randint(len(sigma_choices), (batch,), generator=generator)
+        uniform = torch.rand(batch, generator=generator)
+        warped = engine.shift * uniform / (1 + (engine.shift - 1) * uniform)
+        use_sampler = torch.rand(batch, generator=generator) < sampler_share
+        sigma = torch.where(use_sampler, sigma_choices[pick], warped).to(latents.device)
+        eps = torch.randn(clean.shape, generator=generator).to(latents.device)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * clean + s * eps
+        flow, _ = model(noisy, 1000 * sigma, text, positions, past)
+        losses.append(F.mse_loss(flow.float(), eps - clean))
+
+        _, block_kv = model(clean, torch.zeros(batch, device=latents.device), text, positions, past)
+        past, kept = commit_differentiable(past, block_kv, len(held[0]), n, engine)
+        combined = [[*h, *range(start, start + n)] for h in held]
+        held = [
+            [c[i] for i in frames_to_keep(len(c), engine.kept_frames, engine.sink_frames)] for c in combined
+        ]
+        assert len(held[0]) == kept
+    return torch.stack(losses).mean()
+
+
+def train_transformer(
+    config: TrainConfig, run: Path, latents: Tensor, clips: list[dict[str, Any]]
+) -> WanTransformer3DModel:
+    """Train (or resume, or load the finished) causal transformer; returns the EMA weights."""
+    final = run / "transformer"
+    checkpoint_path = run / "transformer.ckpt"
+    state = load_checkpoint(checkpoint_path)
+    if state is not None and state["step"] >= config.steps and (final / "config.json").is_file():
+        return _load_weights(final)
+    spec = PRESETS["tiny"]
+    engine = spec.engine
+    if engine.kept_frames != engine.sink_frames + engine.flush_keep_frames:
+        raise ValueError("training assumes a KV Flush keeps the whole cache (kept = sink + flush_keep)")
+    torch.manual_seed(config.seed)
+    transformer = WanTransformer3DModel(**spec.transformer).to(config.device)
+    ema = copy.deepcopy(transformer).requires_grad_(False)
+    model = CausalWanTransformer(transformer)
+    optimizer = torch.optim.AdamW(
+        transformer.parameters(), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.99)
+    )
+    start = 0
+    if state is not None:
+        transformer.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+
+    encoder = MiniLMTextEncoder(max_length=PRESETS["tiny"].text_length)
+    prompts = sorted({p for clip in clips for p in clip["prompts"]})
+    row = {p: i for i, p in enumerate(prompts)}
+    table = torch.cat([encoder.encode(p) for p in prompts]).to(config.device)  # (P, L, dim)
+    sigma_choices = torch.tensor([shifted_sigma(t, engine.shift) for t in engine.denoising_steps])
+
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="transformer", unit="step")
+    for step in bar:
+        rng, noise = step_generators(config.seed, 3, step)
+        index = rng.choice(len(clips), size=config.batch, replace=False)
+        batch_latents = latents[torch.from_numpy(index)].float().to(config.device)
+        text_rows = torch.tensor([[row[p] for p in clips[i]["prompts"]] for i in index])
+        text_states = table[text_rows]  # (B, blocks, L, dim)
+        cuts = [clips[i]["cuts"] for i in index]
+        loss = rollout_loss(
+            model, batch_latents, text_states, cuts, engine, sigma_choices, config.sampler_sigma_share, noise
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.steps, config.lr, config.warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "step": step + 1,
+                    "model": transformer.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                },
+            )
+            _log(run, {"stage": "transformer", "step": step + 1, "loss": loss.item()})
+    ema.eval()
+    ema.save_pretrained(final, safe_serialization=True)
+    return ema
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundle
+# ---------------------------------------------------------------------------------------------
+
+
+def export_bundle(
+    config: TrainConfig,
+    run: Path,
+    transformer: WanTransformer3DModel,
+    vae: AutoencoderKLWan,
+    mean: Sequence[float],
+    std: Sequence[float],
+    engine: EngineConfig,
+) -> Path:
+    """Write the trained bundle: weights, worldsim.json, the scenario and the training record."""
+    bundle = Path(config.bundle_dir)
+    if (run / "transformer").is_dir():  # load the finished EMA weights saved by stage 2
+        transformer = _load_weights(run / "transformer")
+    save_bundle(
+        bundle,
+        transformer,
+        vae,
+        {"kind": "minilm", "max_length": PRESETS["tiny"].text_length},
+        engine.replace(training_horizon_frames=engine.window_frames),
+        PRESETS["tiny"].height,
+        PRESETS["tiny"].width,
+        name="tiny",
+        latents_mean=mean,
+        latents_std=std,
+        extra={"scenario": "scenario.toml"},
+    )
+    shutil.copyfile(SCENARIO_FILE, bundle / "scenario.toml")
+    shutil.copyfile(run / "train_config.json", bundle / "train_config.json")
+    if (run / "log.jsonl").is_file():
+        shutil.copyfile(run / "log.jsonl", bundle / "train_log.jsonl")
+    return bundle
+
+
+def _load_weights(folder: Path) -> WanTransformer3DModel:
+    from models.checkpoint import load_diffusers_transformer
+
+    return load_diffusers_transformer(folder)
+
+
+def _log(run: Path, record: dict[str, Any]) -> None:
+    record = {"time": time.time(), **record}
+    with (run / "log.jsonl").open("a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def register_cli(commands: argparse._SubParsersAction) -> None:
+    """Add `worldsim train` to the command line."""
+    parser = commands.add_parser("train", help="train the built-in tiny world model (resumable)")
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = type(getattr(defaults, field.name))
+        parser.add_argument(
+            flag, type=kind, default=getattr(defaults, field.name), help="(default: %(default)s)"
+        )
+    parser.set_defaults(run=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    train(TrainConfig(**values))
+    return 0
