@@ -215,7 +215,7 @@ def test_scenario_file_names_every_world_action():
         data = tomllib.load(handle)
     assert data["name"] == "procedural world"
     assert data["template"] == PROMPT_TEMPLATE
-    assert data["start_prompt"] == prompt_for("meadow", "day", "idle")
+    assert data["template"].format(**data["start"]) == prompt_for("meadow", "day", "idle")
     assert data["scenes"] == dict(BIOME_TEXT)
     actions = data["actions"]
     for action in actions:

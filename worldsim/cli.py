@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
 
+    replay = commands.add_parser("replay", help="regenerate a recorded session (.jsonl) as a video")
+    replay.add_argument(
+        "replay_file", type=Path, help="a replay recorded by `worldsim play --record` or the env"
+    )
+    model_options(replay)
+    replay.set_defaults(model=None)
+    replay.add_argument("--out", required=True, type=Path, help="output video (.mp4 or .gif)")
+    replay.set_defaults(run=_replay)
+
     # Commands of the layers above the engine (training, evaluation, play, replay) register
     # themselves through this entry-point group, so the engine never imports them.
     for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
@@ -142,10 +151,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise CommandError(f"bad --script:\n{err}") from err
     if args.seconds is not None and args.seconds <= 0:
         raise CommandError("--seconds must be positive")
-    if args.out.suffix.lower() not in (".mp4", ".gif"):
-        raise CommandError(f"--out must end in .mp4 or .gif, not {args.out.name!r}")
-    if not args.out.parent.is_dir():
-        raise CommandError(f"the folder of --out does not exist: {args.out.parent}")
+    _check_out(args.out)
 
     world = open_world(args)
     config = world.config
@@ -170,6 +176,43 @@ def _generate(args: argparse.Namespace) -> int:
     seconds = writer.frames / config.fps
     print(f"wrote {writer.frames} frames ({seconds:.1f} s at {config.fps:g} fps) to {args.out}")
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worldsim.replay import ReplayError, read_replay, replay_blocks
+    from worldsim.video import VideoWriter
+
+    try:
+        replay = read_replay(args.replay_file)
+    except ReplayError as err:
+        raise CommandError(str(err)) from err
+    _check_out(args.out)
+    if args.model is None:
+        args.model = replay.header.get("source") or replay.header["bundle"]
+    world = open_world(args)
+    if replay.truncated:
+        print(
+            f"note: the last line of {args.replay_file} was cut short; replaying {len(replay.events)} blocks"
+        )
+    try:
+        with VideoWriter(args.out, fps=world.config.fps) as writer:
+            for block in tqdm(
+                replay_blocks(replay, world), total=len(replay.events), unit="block", desc="replay"
+            ):
+                writer.write(block.frames)
+    except ReplayError as err:
+        raise CommandError(str(err)) from err
+    print(f"wrote {writer.frames} frames of {len(replay.events)} blocks to {args.out}")
+    return 0
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise CommandError(f"--out must end in .mp4 or .gif, not {out.name!r}")
+    if not out.parent.is_dir():
+        raise CommandError(f"the folder of --out does not exist: {out.parent}")
 
 
 def _bench(args: argparse.Namespace) -> int:

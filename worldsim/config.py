@@ -23,6 +23,7 @@ class EngineConfig:
     window_frames: int = 6  # frames self-attention sees: kept frames + the block being generated
     sink_frames: int = 1  # first frames of the rollout that are never evicted (the global sink)
     flush_keep_frames: int = 2  # recent frames a KV Flush keeps besides the sink
+    flush_on_prompt_change: bool = True  # False: a new prompt renews only the text keys/values
     cut_delta: int = 42  # a RoPE Cut shifts the next block's temporal positions by this much
     cut_keeps_sink: bool = True  # False: a cut starts a fresh window whose first frame is the new sink
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)  # timesteps before the shift warp

@@ -100,7 +100,7 @@ class Session:
                 self.cache.flush(config.flush_keep_frames)
             else:
                 self.cache.clear()  # the cut block's first frame becomes the new sink
-        elif flushed:
+        elif flushed and config.flush_on_prompt_change:
             self.cache.flush(config.flush_keep_frames)
         self._pending_prompt, self._pending_cut = None, False
 

@@ -21,6 +21,7 @@ worldsim.json::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class World:
     height: int
     width: int
     source: str = ""
+    scenario: str | None = None  # path of the scenario file the bundle ships, if any
 
     def __post_init__(self) -> None:
         self._contexts: OrderedDict[str, TextContext] = OrderedDict()
@@ -88,10 +90,23 @@ class World:
             self._contexts.move_to_end(prompt)
         return context
 
-    def session(self, prompt: str, seed: int = 0, **settings: Any) -> Session:
-        """Start a rollout from `prompt`; keyword arguments override engine settings."""
-        config = self.config.replace(**settings) if settings else self.config
-        return Session(self, prompt, seed=seed, config=config)
+    def weights_hash(self) -> str:
+        """SHA-256 of every transformer and VAE weight (computed once), identifying a model exactly."""
+        if getattr(self, "_weights_hash", None) is None:
+            digest = hashlib.sha256()
+            for prefix, module in (("transformer.", self.model.transformer), ("vae.", self.decoder.vae)):
+                for name, tensor in sorted(module.state_dict().items()):
+                    digest.update((prefix + name + str(tuple(tensor.shape)) + str(tensor.dtype)).encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._weights_hash = digest.hexdigest()
+        return self._weights_hash
+
+    def session(
+        self, prompt: str, seed: int = 0, config: EngineConfig | None = None, **settings: Any
+    ) -> Session:
+        """Start a rollout from `prompt` with the world's settings, or `config`, changed by `settings`."""
+        config = config or self.config
+        return Session(self, prompt, seed=seed, config=config.replace(**settings) if settings else config)
 
 
 def random_world(
@@ -195,7 +210,19 @@ def _load_bundle(
     return assemble_world(
         spec.get("name", folder.name), transformer, vae, text, engine,
         int(spec["height"]), int(spec["width"]), mean, std, device, dtype, attention, source=str(folder),
+        scenario=_bundle_scenario(folder, spec),
     )  # fmt: skip
+
+
+def _bundle_scenario(folder: Path, spec: dict[str, Any]) -> str | None:
+    if not spec.get("scenario"):
+        return None
+    path = folder / spec["scenario"]
+    if not path.is_file():
+        raise BundleError(
+            f"{folder / BUNDLE_FILE} names scenario {spec['scenario']!r}, which is not in the bundle"
+        )
+    return str(path)
 
 
 def _load_wan_pipeline(
@@ -272,6 +299,7 @@ def assemble_world(
     dtype: torch.dtype,
     attention: str,
     source: str = "",
+    scenario: str | None = None,
 ) -> World:
     """Put loaded components together on a device and dtype, checking that they fit each other."""
     transformer = _cast(transformer, device, dtype, keep_fp32=FP32_MODULES).eval().requires_grad_(False)
@@ -295,6 +323,7 @@ def assemble_world(
         height=height,
         width=width,
         source=source,
+        scenario=scenario,
     )
 
 

@@ -1,0 +1,177 @@
+"""Scenarios: the actions of a world as data (DESIGN section 6).
+
+A scenario names the actions a player or an agent can take. Keyboard play, the Gymnasium
+environment's action space and replays all read the same file. A prompt is a template whose
+slots hold the current texts::
+
+    name = "a walk"
+    template = "{scene}, {action}"
+    release_action = "idle"            # applied when no key is held (default: noop)
+
+    [start]                            # the slots' texts at the start
+    scene = "a quiet street"
+    action = "standing still"
+
+    [scenes]                           # optional: names a cut action may use instead of text
+    beach = "a sunny beach"
+
+    [[actions]]                        # order = index in the discrete action space
+    name = "forward"
+    keys = ["up", "w"]                 # pygame key names
+    kind = "prompt"                    # "noop", "prompt" (a KV Flush) or "cut" (a RoPE Cut)
+    slot = "action"                    # which slot it replaces
+    text = "walking forward"           # for a cut: the new scene, or a name in [scenes]
+"""
+
+from __future__ import annotations
+
+import string
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+KINDS = ("noop", "prompt", "cut")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action of a scenario."""
+
+    name: str
+    kind: str  # noop | prompt | cut
+    slot: str = ""
+    text: str = ""
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The actions of a world and how each changes the prompt."""
+
+    name: str
+    template: str
+    start: dict[str, str]
+    actions: tuple[Action, ...]
+    scenes: dict[str, str] = field(default_factory=dict)
+    release_action: str = "noop"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        slots = {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
+        problems = []
+        if slots != set(self.start):
+            problems.append(
+                f"[start] must give exactly the template's slots {sorted(slots)}, got {sorted(self.start)}"
+            )
+        names = [a.name for a in self.actions]
+        if len(set(names)) != len(names):
+            problems.append("action names must be unique")
+        if not self.actions:
+            problems.append("a scenario needs at least one action")
+        for action in self.actions:
+            if action.kind not in KINDS:
+                problems.append(f"action {action.name!r}: kind must be one of {KINDS}, not {action.kind!r}")
+            elif action.kind != "noop" and action.slot not in slots:
+                problems.append(f"action {action.name!r}: slot {action.slot!r} is not in the template")
+        if self.release_action not in names:
+            problems.append(f"release_action {self.release_action!r} is not an action")
+        if problems:
+            where = f"{self.source}: " if self.source else ""
+            raise ScenarioError(where + "; ".join(problems))
+
+    @property
+    def start_prompt(self) -> str:
+        """The prompt a rollout starts from."""
+        return self.template.format(**self.start)
+
+    def index(self, name: str) -> int:
+        """Position of an action in the discrete action space."""
+        for i, action in enumerate(self.actions):
+            if action.name == name:
+                return i
+        raise ScenarioError(f"unknown action {name!r}; known: {', '.join(a.name for a in self.actions)}")
+
+    def action(self, key: int | str) -> Action:
+        """An action by index or name."""
+        if isinstance(key, str):
+            return self.actions[self.index(key)]
+        if not 0 <= int(key) < len(self.actions):
+            raise ScenarioError(f"action index {key} is out of range 0..{len(self.actions) - 1}")
+        return self.actions[int(key)]
+
+    def apply(self, slots: dict[str, str], action: Action) -> tuple[dict[str, str], bool]:
+        """The slots after `action`, and whether it is a cut."""
+        if action.kind == "noop":
+            return slots, False
+        text = self.scenes.get(action.text, action.text) if action.kind == "cut" else action.text
+        return {**slots, action.slot: text}, action.kind == "cut"
+
+    def prompt(self, slots: dict[str, str]) -> str:
+        """The prompt for these slot texts."""
+        return self.template.format(**slots)
+
+    def keymap(self) -> dict[str, str]:
+        """pygame key name -> action name."""
+        return {key: action.name for action in self.actions for key in action.keys}
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read a scenario TOML file; every problem is a ScenarioError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"no such scenario file: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ScenarioError(f"{path}: not valid TOML: {err}") from err
+    return scenario_from_data(data, source=str(path))
+
+
+def scenario_from_data(data: dict[str, Any], source: str = "") -> Scenario:
+    """A scenario from decoded TOML/JSON data."""
+    where = f"{source}: " if source else ""
+    known = {"name", "template", "start", "actions", "scenes", "release_action"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ScenarioError(f"{where}unknown keys {unknown} (known: {sorted(known)})")
+    for key, kind in (("name", str), ("template", str), ("start", dict), ("actions", list)):
+        if not isinstance(data.get(key), kind):
+            raise ScenarioError(f"{where}'{key}' is missing or not a {kind.__name__}")
+    actions = []
+    for number, entry in enumerate(data["actions"], start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ScenarioError(f"{where}action {number} needs a 'name'")
+        extra = sorted(set(entry) - {"name", "kind", "slot", "text", "keys"})
+        if extra:
+            raise ScenarioError(f"{where}action {entry['name']!r}: unknown keys {extra}")
+        keys = entry.get("keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ScenarioError(f"{where}action {entry['name']!r}: 'keys' must be a list of key names")
+        actions.append(
+            Action(
+                name=entry["name"],
+                kind=str(entry.get("kind", "prompt")),
+                slot=str(entry.get("slot", "")),
+                text=str(entry.get("text", "")),
+                keys=tuple(keys),
+            )
+        )
+    return Scenario(
+        name=data["name"],
+        template=data["template"],
+        start={str(k): str(v) for k, v in data["start"].items()},
+        actions=tuple(actions),
+        scenes={str(k): str(v) for k, v in data.get("scenes", {}).items()},
+        release_action=str(data.get("release_action", "noop")),
+        source=source,
+    )
