@@ -1,0 +1,332 @@
+"""`worldsim eval`: the tiny world model measured against the procedural ground truth.
+
+Every column is computed the same way for the model and for the ground-truth world (the ceiling
+row), with the probes of ``envs.probes``:
+
+- ``action_following``: share of blocks generated while an action is held whose measured motion
+  (phase correlation of consecutive frames) is the commanded direction (or idle);
+- ``switch_latency_blocks``: after a prompt switch (a new action or a new light), how many blocks
+  until a block shows it (1 = the very next block), with KV Flush and without it;
+- long horizon: ``frame_quality`` against ground-truth frames of the same biome and light, over
+  the first and the last 1,000 frames of a long rollout, for three position schemes:
+  Block-Relativistic RoPE; absolute positions that grow past the training horizon; and a rolling
+  cache with absolute positions and no sink (Self-Forcing style);
+- ``cut_accuracy``: share of cuts after which the first block shows the requested biome;
+- ``fps`` and peak memory of generation plus decode (``worldsim.bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from envs.probes import biome_of, condition_of, frame_quality, motion_direction, reference_frames
+from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
+from worldsim.bench import run_bench
+from worldsim.config import EngineConfig
+from worldsim.world import World
+
+MOVING = tuple(a for a in ACTIONS if a != "idle")
+LATENCY_CAP = 6  # blocks; a switch not shown by then counts as this
+
+
+@dataclass
+class EvalResult:
+    """One row of the table."""
+
+    name: str
+    action_following: float
+    switch_latency_flush: float
+    switch_latency_no_flush: float
+    quality_early: dict[str, float] = field(default_factory=dict)  # scheme -> score over the first 1k frames
+    quality_late: dict[str, float] = field(default_factory=dict)  # scheme -> score over the last 1k frames
+    cut_accuracy: float = math.nan
+    fps: float = math.nan
+    peak_mem_mb: float = math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# Two sources of blocks with one interface: the model, and the ground-truth world
+# ---------------------------------------------------------------------------------------------
+
+
+class Rollout:
+    """Blocks of frames for a sequence of (biome, condition, action) commands."""
+
+    def start(self, biome: str, condition: str, action: str, seed: int) -> None:
+        """Begin a new rollout."""
+        raise NotImplementedError
+
+    def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
+        """The next block's frames (T, H, W, 3) under the given command."""
+        raise NotImplementedError
+
+
+class ModelRollout(Rollout):
+    """The world model: a session whose prompt follows the commands (flush on change, cut on cut)."""
+
+    def __init__(self, world: World, config: EngineConfig | None = None) -> None:
+        self.world = world
+        self.config = config or world.config
+
+    def start(self, biome: str, condition: str, action: str, seed: int) -> None:
+        """A fresh session on the command's prompt."""
+        self.session = self.world.session(prompt_for(biome, condition, action), seed=seed, config=self.config)
+
+    def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
+        """Set the prompt (or cut to it) and generate a block."""
+        prompt = prompt_for(biome, condition, action)
+        if cut:
+            self.session.cut(prompt)
+        else:
+            self.session.set_prompt(prompt)
+        return self.session.step().frames
+
+
+class TruthRollout(Rollout):
+    """The procedural world itself, cut into blocks of the same length as the model's."""
+
+    def __init__(self, first_block_frames: int, block_frames: int) -> None:
+        self.first, self.later = first_block_frames, block_frames
+
+    def start(self, biome: str, condition: str, action: str, seed: int) -> None:
+        """A world at a random place."""
+        rng = np.random.default_rng(seed)
+        x, y = (int(v) for v in rng.integers(-(10**6), 10**6, size=2))
+        self.world = ProceduralWorld(WorldConfig(), seed=seed, biome=biome, condition=condition, x=x, y=y)
+        self.blocks = 0
+
+    def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
+        """Apply the command and play one block's worth of frames."""
+        if cut or biome != self.world.state.biome:
+            self.world.teleport(biome)
+        if condition != self.world.state.condition:
+            self.world.set_condition(condition)
+        if self.blocks == 0:
+            frames = [self.world.render()] + [self.world.step(action) for _ in range(self.first - 1)]
+        else:
+            frames = [self.world.step(action) for _ in range(self.later)]
+        self.blocks += 1
+        return np.stack(frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# The measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def action_following(rollout: Rollout, episodes: int, seed: int) -> float:
+    """Share of held-action blocks (all but each episode's first) whose motion is the command."""
+    rng = np.random.default_rng([seed, 1])
+    hits = total = 0
+    for episode in range(episodes):
+        biome, condition = BIOMES[episode % 3], CONDITIONS[(episode // 3) % 3]
+        actions = [str(a) for a in rng.permutation(ACTIONS)[:2]]
+        rollout.start(biome, condition, actions[0], seed=seed * 1000 + episode)
+        for block in range(6):
+            action = actions[block // 3]
+            frames = rollout.step(biome, condition, action)
+            if block in (0, 3):  # the first block of a rollout, and the switch block, are not "held"
+                continue
+            hits += motion_direction(frames) == action
+            total += 1
+    return hits / total
+
+
+def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
+    """Mean blocks from a prompt switch to the first block that shows the new prompt."""
+    rng = np.random.default_rng([seed, 2])
+    latencies = []
+    for switch in range(switches):
+        biome = BIOMES[switch % 3]
+        if switch % 2 == 0:  # a new light: measured with the condition classifier
+            before, after = (str(c) for c in rng.permutation(CONDITIONS)[:2])
+            old, new = (biome, before, "east"), (biome, after, "east")
+
+            def shows(frames: np.ndarray, target: str = after) -> bool:
+                return condition_of(frames) == target
+        else:  # a new action: measured with phase correlation
+            before, after = (str(a) for a in rng.permutation(MOVING)[:2])
+            old, new = (biome, "day", before), (biome, "day", after)
+
+            def shows(frames: np.ndarray, target: str = after) -> bool:
+                return motion_direction(frames) == target
+
+        rollout.start(*old, seed=seed * 1000 + switch)
+        for _ in range(3):
+            rollout.step(*old)
+        latency = LATENCY_CAP
+        for block in range(1, LATENCY_CAP + 1):
+            if shows(rollout.step(*new)):
+                latency = block
+                break
+        latencies.append(latency)
+    return float(np.mean(latencies))
+
+
+def cut_accuracy(rollout: Rollout, cuts: int, seed: int) -> float:
+    """Share of cuts whose first block shows the requested biome."""
+    pairs = [(a, b) for a in BIOMES for b in BIOMES if a != b]
+    hits = 0
+    for index in range(cuts):
+        source, target = pairs[index % len(pairs)]
+        condition = CONDITIONS[(index // len(pairs)) % 3]
+        rollout.start(source, condition, "north", seed=seed * 1000 + index)
+        for _ in range(3):
+            rollout.step(source, condition, "north")
+        hits += biome_of(rollout.step(target, condition, "north", cut=True)) == target
+    return hits / cuts
+
+
+def long_horizon(
+    rollout: Rollout, frames: int, window: int, seed: int, reference: np.ndarray, desc: str
+) -> tuple[float, float]:
+    """Frame quality over the first and last `window` frames of a `frames`-long walk."""
+    biome, condition = "meadow", "day"
+    rng = np.random.default_rng([seed, 3])
+    rollout.start(biome, condition, "east", seed=seed)
+    produced, early, late = 0, [], []
+    action = "east"
+    with tqdm(total=frames, desc=desc, unit="frame", leave=False) as bar:
+        while produced < frames:
+            if rng.random() < 0.1:
+                action = str(rng.choice(MOVING))
+            block = rollout.step(biome, condition, action)
+            for frame in block:
+                if produced < window:
+                    early.append(frame)
+                elif produced >= frames - window:
+                    late.append(frame)
+                produced += 1
+            bar.update(len(block))
+    return _quality(early, reference), _quality(late, reference)
+
+
+def _quality(frames: list[np.ndarray], reference: np.ndarray) -> float:
+    chunks = [np.stack(frames[i : i + 48]) for i in range(0, len(frames), 48)]
+    return float(np.mean([frame_quality(chunk, reference) for chunk in chunks]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole evaluation
+# ---------------------------------------------------------------------------------------------
+
+SCHEMES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
+    "relative": lambda c: c.replace(positions="relative"),
+    "absolute": lambda c: c.replace(positions="absolute"),
+    "rolling": lambda c: c.replace(positions="absolute", sink_frames=0),
+}
+
+
+def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = False) -> list[EvalResult]:
+    """Measure the model and the ground truth; returns [model row, ground-truth row]."""
+    config = world.config
+    first = world.decoder.video_frames(config.block_frames, first=True)
+    later = world.decoder.video_frames(config.block_frames, first=False)
+    episodes, switches, cuts = (3, 4, 6) if quick else (18, 18, 18)
+    window = min(1000, frames // 2)
+    reference = reference_frames("meadow", "day", 256, seed=seed + 99)
+
+    def measure(name: str, make: Callable[[EngineConfig], Rollout], schemes: tuple[str, ...]) -> EvalResult:
+        print(f"measuring {name} ...", flush=True)
+        result = EvalResult(
+            name=name,
+            action_following=action_following(make(config), episodes, seed),
+            switch_latency_flush=switch_latency(make(config.replace(flush_keep_frames=1)), switches, seed),
+            switch_latency_no_flush=switch_latency(
+                make(config.replace(flush_on_prompt_change=False)), switches, seed
+            ),
+            cut_accuracy=cut_accuracy(make(config), cuts, seed),
+        )
+        for scheme in schemes:
+            rollout = make(SCHEMES[scheme](config))
+            early, late = long_horizon(rollout, frames, window, seed, reference, f"{name} {scheme}")
+            result.quality_early[scheme], result.quality_late[scheme] = early, late
+        return result
+
+    model = measure(world.name, lambda c: ModelRollout(world, c), tuple(SCHEMES))
+    bench = run_bench(world, blocks=4 if quick else 16, seed=seed)
+    model.fps, model.peak_mem_mb = bench.fps, bench.peak_mem_mb
+
+    truth = measure("ground truth", lambda c: TruthRollout(first, later), ("relative",))
+    for scheme in SCHEMES:  # the world has no positions: one measurement serves every scheme
+        truth.quality_early[scheme] = truth.quality_early["relative"]
+        truth.quality_late[scheme] = truth.quality_late["relative"]
+    started, produced = time.perf_counter(), 0
+    gt = TruthRollout(first, later)
+    gt.start("meadow", "day", "east", seed)
+    while produced < 2000:
+        produced += len(gt.step("meadow", "day", "east"))
+    truth.fps = produced / (time.perf_counter() - started)
+    return [model, truth]
+
+
+def format_table(rows: list[EvalResult], frames: int) -> str:
+    """The eval table as Markdown; quality cells read "first 1k frames -> last 1k frames"."""
+    header = [
+        "",
+        "action following",
+        "switch latency, flush",
+        "switch latency, no flush",
+        *(f"quality, {scheme}" for scheme in SCHEMES),
+        "cut accuracy",
+        "fps",
+        "peak MiB",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            row.name,
+            f"{row.action_following:.2f}",
+            f"{row.switch_latency_flush:.2f}",
+            f"{row.switch_latency_no_flush:.2f}",
+            *(f"{row.quality_early[s]:.3f} → {row.quality_late[s]:.3f}" for s in SCHEMES),
+            f"{row.cut_accuracy:.2f}",
+            f"{row.fps:.1f}",
+            "-" if math.isnan(row.peak_mem_mb) else f"{row.peak_mem_mb:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    window = min(1000, frames // 2)
+    lines.append(
+        f"\nquality: frames 0-{window} -> frames {frames - window}-{frames} of a {frames}-frame walk"
+    )
+    return "\n".join(lines)
+
+
+def register_cli(commands: argparse._SubParsersAction) -> None:
+    """Add `worldsim eval` to the command line."""
+    parser = commands.add_parser("eval", help="measure the world model against the procedural ground truth")
+    parser.add_argument("--model", default="tiny", help="bundle name or folder (default: tiny)")
+    parser.add_argument(
+        "--frames", type=int, default=10_000, help="long-horizon rollout length (default 10000)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="fewer episodes, for a fast look")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=_run_cli, device="cpu", dtype="float32", checkpoint=None)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    from worldsim.cli import CommandError, open_world
+
+    if args.frames < 100:
+        raise CommandError("--frames must be at least 100")
+    world = open_world(args)
+    rows = evaluate(world, frames=args.frames, seed=args.seed, quick=args.quick)
+    if args.json:
+        print(
+            json.dumps(
+                {"frames": args.frames, "seed": args.seed, "rows": [asdict(r) for r in rows]}, indent=2
+            )
+        )
+    else:
+        print(f"worldsim eval --model {args.model} --frames {args.frames} --seed {args.seed}")
+        print(format_table(rows, args.frames))
+    return 0
