@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from models.text import HashTextEncoder
 from worldsim.config import EngineConfig
-from worldsim.world import World, assemble_world
+from worldsim.world import World, assemble_world, save_bundle
 
 TINY_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
@@ -61,3 +64,25 @@ def tiny_world(engine: EngineConfig | None = None, seed: int = 0) -> World:
 @pytest.fixture(scope="session")
 def world() -> World:
     return tiny_world()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A bundle folder of the tiny random models that ships the built-in world's scenario."""
+    folder = tmp_path_factory.mktemp("tiny-bundle")
+    save_bundle(
+        folder,
+        tiny_transformer(),
+        tiny_vae(),
+        {"kind": "hash", "dim": TINY_TRANSFORMER["text_dim"], "length": 5},
+        EngineConfig(),
+        HEIGHT,
+        WIDTH,
+        name="test-tiny",
+        latents_mean=LATENTS_MEAN,
+        latents_std=LATENTS_STD,
+        extra={"scenario": "scenario.toml"},
+    )
+    scenario = Path(__file__).resolve().parent.parent / "envs" / "tiny_scenario.toml"
+    shutil.copyfile(scenario, folder / "scenario.toml")
+    return str(folder)

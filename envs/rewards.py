@@ -1,0 +1,65 @@
+"""Reward functions for ``WorldEnv``, computed from the built-in world's probes.
+
+A reward function takes one block's frames ``(T, H, W, 3)`` uint8 and the step's info dict and returns a
+float. They read the frames only, so they score any model that draws the procedural world, the tiny
+world model as much as the ground truth:
+
+* ``travel_<direction>``: how far the camera moved that way over the block, in units of the world's
+  walking speed per frame, read from the screen shifts between consecutive frames
+  (:func:`envs.probes.motion_shifts`). Walking that way scores about 1.0, the opposite way about -1.0,
+  across or standing still about 0.0.
+* ``reach_<biome>``: 1.0 when the block shows that biome (:func:`envs.probes.biome_of`), else 0.0.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from envs.probes import biome_of, motion_shifts
+from envs.procedural import BIOMES, MOVES, WorldConfig
+
+__all__ = ["REWARDS", "RewardFn", "reach", "resolve_reward", "travel"]
+
+RewardFn = Callable[[np.ndarray, dict[str, Any]], float]
+
+# Pixels per frame the ground-truth world walks; a reward of 1.0 means moving this fast.
+WORLD_SPEED = WorldConfig().speed
+
+
+def travel(direction: str, frames: np.ndarray, info: dict[str, Any] | None = None) -> float:
+    """Camera displacement towards `direction` over the frames, per frame and in units of walking speed."""
+    shifts = motion_shifts(frames)
+    if len(shifts) == 0:
+        return 0.0
+    # The camera follows the player, so the screen content moves opposite to the walk.
+    camera = -shifts.sum(axis=0).astype(np.float64)
+    # Displacement is measured across the T - 1 steps between consecutive frames, so a clip walked at
+    # full speed scores exactly 1.0 however long it is.
+    return float(np.dot(camera, MOVES[direction])) / (len(shifts) * WORLD_SPEED)
+
+
+def reach(biome: str, frames: np.ndarray, info: dict[str, Any] | None = None) -> float:
+    """1.0 when the frames show `biome`, else 0.0."""
+    return 1.0 if biome_of(frames) == biome else 0.0
+
+
+REWARDS: dict[str, RewardFn] = {
+    **{
+        f"travel_{direction}": functools.partial(travel, direction)
+        for direction in ("east", "west", "north", "south")
+    },
+    **{f"reach_{biome}": functools.partial(reach, biome) for biome in BIOMES},
+}
+
+
+def resolve_reward(reward: str | RewardFn | None) -> RewardFn | None:
+    """A reward function from a name in REWARDS, a callable, or None for no reward."""
+    if reward is None or callable(reward):
+        return reward
+    if isinstance(reward, str) and reward in REWARDS:
+        return REWARDS[reward]
+    raise ValueError(f"unknown reward {reward!r}; known: {', '.join(REWARDS)} (or pass a callable)")
