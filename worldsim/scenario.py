@@ -6,7 +6,7 @@ slots hold the current texts::
 
     name = "a walk"
     template = "{scene}, {action}"
-    release_action = "idle"            # applied when no key is held (default: noop)
+    release_action = "idle"            # applied when no key is held (default: the first noop)
 
     [start]                            # the slots' texts at the start
     scene = "a quiet street"
@@ -125,11 +125,17 @@ class Scenario:
         return {key: action.name for action in self.actions for key in action.keys}
 
 
+BUILTIN_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
 def load_scenario(path: str | Path) -> Scenario:
-    """Read a scenario TOML file; every problem is a ScenarioError naming the file."""
+    """Read a scenario TOML file, or a built-in one by name; every problem is a ScenarioError."""
     path = Path(path)
+    if not path.is_file() and (BUILTIN_SCENARIOS / f"{path}.toml").is_file():
+        path = BUILTIN_SCENARIOS / f"{path}.toml"
     if not path.is_file():
-        raise ScenarioError(f"no such scenario file: {path}")
+        builtin = sorted(p.stem for p in BUILTIN_SCENARIOS.glob("*.toml"))
+        raise ScenarioError(f"no such scenario file: {path} (built-in scenarios: {', '.join(builtin)})")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -172,6 +178,10 @@ def scenario_from_data(data: dict[str, Any], source: str = "") -> Scenario:
         start={str(k): str(v) for k, v in data["start"].items()},
         actions=tuple(actions),
         scenes={str(k): str(v) for k, v in data.get("scenes", {}).items()},
-        release_action=str(data.get("release_action", "noop")),
+        # when no key is held: the scenario's choice, else its first noop, else its first action
+        release_action=str(
+            data.get("release_action")
+            or next((a.name for a in actions if a.kind == "noop"), actions[0].name if actions else "noop")
+        ),
         source=source,
     )
