@@ -120,15 +120,17 @@ _WRAPPER_SEGMENTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_modu
 _LISTED = 5
 
 
-def original_to_diffusers_name(name: str) -> str:
-    """Diffusers name of one parameter named the original Wan2.1 way; CheckpointError if unknown."""
+def _split_name(name: str) -> tuple[str, str, Mapping[str, str], Mapping[str, str]]:
+    """A name's block prefix ("blocks.3." or ""), the rest, and the name tables that apply to it."""
     match = _BLOCK_KEY.fullmatch(name)
     if match is not None:
-        prefix, rest = f"blocks.{match.group(1)}.", match.group(2)
-        modules, parameters = _BLOCK_MODULES, _BLOCK_PARAMETERS
-    else:
-        prefix, rest = "", name
-        modules, parameters = _TOP_MODULES, _TOP_PARAMETERS
+        return f"blocks.{match.group(1)}.", match.group(2), _BLOCK_MODULES, _BLOCK_PARAMETERS
+    return "", name, _TOP_MODULES, _TOP_PARAMETERS
+
+
+def original_to_diffusers_name(name: str) -> str:
+    """Diffusers name of one parameter named the original Wan2.1 way; CheckpointError if unknown."""
+    prefix, rest, modules, parameters = _split_name(name)
 
     if rest in parameters:
         return prefix + parameters[rest]
@@ -182,13 +184,7 @@ def _shape(shape: Iterable[int]) -> tuple[int, ...]:
 
 def _diffusers_to_original_name(name: str) -> str | None:
     """Original name of a diffusers parameter, for error messages; None if it has none."""
-    match = _BLOCK_KEY.fullmatch(name)
-    if match is not None:
-        prefix, rest = f"blocks.{match.group(1)}.", match.group(2)
-        modules, parameters = _BLOCK_MODULES, _BLOCK_PARAMETERS
-    else:
-        prefix, rest = "", name
-        modules, parameters = _TOP_MODULES, _TOP_PARAMETERS
+    prefix, rest, modules, parameters = _split_name(name)
     for original, target in parameters.items():
         if rest == target:
             return prefix + original

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -31,6 +31,17 @@ class TextEncoder(Protocol):
     def encode(self, prompt: str) -> Tensor:
         """Text states for one prompt, (1, text_len, dim) float32 on the encoder's device."""
         ...
+
+
+@torch.no_grad()
+def padded_states(tokenizer: Any, model: Any, prompt: str, max_length: int) -> Tensor:
+    """Encoder states of `prompt` at a fixed length, zeroed after the real tokens (Wan's convention)."""
+    tokens = tokenizer(
+        [prompt], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    )
+    mask = tokens.attention_mask.to(model.device)
+    states = model(input_ids=tokens.input_ids.to(model.device), attention_mask=mask).last_hidden_state
+    return (states * mask.unsqueeze(-1)).float()  # (1, max_length, dim)
 
 
 class UMT5TextEncoder:
@@ -57,22 +68,9 @@ class UMT5TextEncoder:
         self.max_length = max_length
         self.dim = self.model.config.d_model
 
-    @torch.no_grad()
     def encode(self, prompt: str) -> Tensor:
         """UMT5 states padded to max_length with zeros after the real tokens."""
-        tokens = self.tokenizer(
-            [prompt],
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        device = self.model.device
-        mask = tokens.attention_mask.to(device)
-        states = self.model(tokens.input_ids.to(device), mask).last_hidden_state  # (1, max_length, dim)
-        return (states * mask.unsqueeze(-1)).float()
+        return padded_states(self.tokenizer, self.model, prompt, self.max_length)
 
 
 class MiniLMTextEncoder:
@@ -104,19 +102,9 @@ class MiniLMTextEncoder:
         self.max_length = max_length
         self.dim = self.model.config.hidden_size
 
-    @torch.no_grad()
     def encode(self, prompt: str) -> Tensor:
         """Token states padded to max_length with zeros after the real tokens, (1, max_length, 384)."""
-        tokens = self.tokenizer(
-            [prompt],
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        ).to(self.model.device)
-        states = self.model(**tokens).last_hidden_state  # (1, max_length, dim)
-        return (states * tokens.attention_mask.unsqueeze(-1)).float()
+        return padded_states(self.tokenizer, self.model, prompt, self.max_length)
 
 
 class HashTextEncoder:

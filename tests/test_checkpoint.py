@@ -21,20 +21,9 @@ from models.checkpoint import (
     read_state_dict,
     strip_wrapper_prefixes,
 )
+from tests.conftest import TINY_TRANSFORMER
 
-TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=32,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-)
+TINY = TINY_TRANSFORMER
 
 
 def make_model(seed: int, *, randomize: bool = False) -> WanTransformer3DModel:
