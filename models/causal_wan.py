@@ -84,7 +84,7 @@ class Rope3D:
         if cached is not None:
             return cached
         frames = len(temporal_positions)
-        t = self._angles(torch.tensor(key[0]), self.t_dim)  # (F, t_dim / 2)
+        t = self._angles(torch.tensor(key[0], dtype=torch.float64), self.t_dim)  # (F, t_dim / 2)
         h = self._angles(torch.arange(height), self.h_dim)  # (H, h_dim / 2)
         w = self._angles(torch.arange(width), self.w_dim)  # (W, w_dim / 2)
         angles = torch.cat(
@@ -195,6 +195,8 @@ class CausalWanTransformer(nn.Module):
         tokens_per_frame = grid_h * grid_w
         per_sample = isinstance(temporal_positions[0], Sequence)
         position_lists = temporal_positions if per_sample else [temporal_positions]
+        if per_sample and len(position_lists) != batch:
+            raise ValueError(f"{len(position_lists)} position lists given for a batch of {batch}")
         for positions in position_lists:
             if len(positions) * tokens_per_frame != past_tokens + grid_f * tokens_per_frame:
                 raise ValueError(

@@ -189,3 +189,44 @@ def test_run_schedule_flushes_and_cuts_where_the_plan_says(world) -> None:
     ]
     for got, want in zip(blocks, expected, strict=True):
         assert np.array_equal(got.frames, want.frames)
+
+
+def reference_keep(frames: list[int], capacity: int, sink: int) -> list[int]:
+    """The cache rule written out plainly: the first `sink` frames, then the newest that fit."""
+    sinks = min(sink, len(frames), capacity)
+    room = capacity - sinks
+    return frames[:sinks] + (frames[sinks:][-room:] if room > 0 else [])
+
+
+@pytest.mark.parametrize(("sink", "keep", "window"), [(0, 0, 6), (0, 2, 6), (1, 0, 6), (2, 1, 8), (0, 0, 3)])
+def test_cache_rules_hold_for_other_sizes(sink: int, keep: int, window: int) -> None:
+    """Commit, flush and cut keep the sink and the newest frames for any sizes, empty windows included."""
+    config = EngineConfig(
+        sink_frames=sink, flush_keep_frames=keep, window_frames=window, denoising_steps=(1000,)
+    )
+    session = tiny_world(config).session("a meadow", seed=0)
+    capacity = window - N
+    expected: list[int] = []
+    for index in range(6):
+        if index == 3:
+            session.set_prompt("a desert")
+        if index == 5:
+            session.cut("a city")
+        if index in (3, 5):
+            expected = reference_keep(expected, min(sink, len(expected)) + keep, sink)
+        held_before = len(expected)
+        block = session.step()
+        assert len(block.positions) == held_before + N
+        expected = reference_keep([*expected, *range(index * N, index * N + N)], capacity, sink)
+        assert session.cache.frame_indices == expected
+        assert block.flushed == (index in (3, 5))
+
+
+def test_context_noise_renoises_at_the_level_the_model_is_told() -> None:
+    from worldsim.sampler import renoise
+
+    x0 = torch.zeros(1, 1, 1, 4, 4)
+    noisy = renoise(x0, 250, torch.Generator().manual_seed(0))
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noisy, 0.25 * eps)
+    assert renoise(x0, 0, torch.Generator()) is x0

@@ -90,15 +90,18 @@ class KVCache:
         self._values = [like.new_zeros(shape) for _ in range(self.num_layers)]
 
     def _gather(self, block_kv: Sequence[LayerKV] | None, keep: list[int]) -> None:
-        """Rewrite the buffers to hold frames `keep` of (held frames + the block's frames)."""
-        per_frame = self._tokens_per_frame
-        held_tokens = self.frames * per_frame
-        index = torch.tensor(keep, device=self._keys[0].device)
+        """Rewrite the buffers to hold frames `keep` of (held frames + the block's frames).
+
+        `keep` is always a prefix (the sink) and a contiguous tail, so two slices do it.
+        """
+        sinks = min(self.sink_frames, len(keep))
+        tail_start = keep[sinks] if sinks < len(keep) else None
+        per_frame, sink_tokens = self._tokens_per_frame, sinks * self._tokens_per_frame
         for layer in range(self.num_layers):
             for buffers, part in ((self._keys, 0), (self._values, 1)):
-                frames = buffers[layer][:, :held_tokens]
+                frames = buffers[layer][:, : self.frames * per_frame]
                 if block_kv is not None:
                     frames = torch.cat([frames, block_kv[layer][part].to(frames.dtype)], dim=1)
-                frames = frames.unflatten(1, (-1, per_frame))  # (B, frames, tokens, heads, head_dim)
-                kept = frames.index_select(1, index).flatten(1, 2)
+                tail = frames[:, tail_start * per_frame :] if tail_start is not None else frames[:, :0]
+                kept = torch.cat([frames[:, :sink_tokens], tail], dim=1)  # a copy: sources may overlap
                 buffers[layer][:, : kept.shape[1]] = kept

@@ -53,8 +53,8 @@ class EngineConfig:
                 f"flush_keep_frames ({self.flush_keep_frames}) plus the sink must fit in the "
                 f"{self.window_frames - self.block_frames} frames kept between blocks"
             )
-        if not self.denoising_steps or any(not 0 < t <= 1000 for t in self.denoising_steps):
-            problems.append("denoising_steps must be a non-empty list of timesteps in (0, 1000]")
+        if not self.denoising_steps or any(int(t) != t or not 0 < t <= 1000 for t in self.denoising_steps):
+            problems.append("denoising_steps must be a non-empty list of whole timesteps in (0, 1000]")
         if list(self.denoising_steps) != sorted(self.denoising_steps, reverse=True):
             problems.append("denoising_steps must decrease")
         if not 0 <= self.context_noise < 1000:

@@ -57,10 +57,10 @@ def sample_block(
     raise ValueError("the schedule has no steps")
 
 
-def renoise(x0: Tensor, timestep: int, shift: float, generator: torch.Generator) -> Tensor:
-    """x0 noised to a step-list timestep (0 returns x0 unchanged)."""
+def renoise(x0: Tensor, timestep: int, generator: torch.Generator) -> Tensor:
+    """x0 noised to sigma = timestep / 1000, the level the model is told (0 returns x0 unchanged)."""
     if timestep == 0:
         return x0
-    sigma = shifted_sigma(timestep, shift)
+    sigma = timestep / 1000.0
     eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
     return (1.0 - sigma) * x0 + sigma * eps

@@ -41,7 +41,7 @@ class Block:
     latents: Tensor  # (C, n, h, w) normalised clean latents
     prompt: str
     positions: tuple[int, ...]  # temporal positions of the window (held frames, then the block)
-    flushed: bool  # a KV Flush ran before this block
+    flushed: bool  # a KV Flush ran before this block (a prompt change or a cut)
     cut: bool  # a RoPE Cut ran before this block
     cache_frames: int  # frames held in the cache after this block
     seconds: dict[str, float] = field(default_factory=dict)  # wall time by stage: transformer, decode
@@ -88,19 +88,15 @@ class Session:
         n = config.block_frames
 
         # 1. Prompt change -> KV Flush; scene change -> RoPE Cut.
-        flushed = cut = False
-        if self._pending_prompt is not None and self._pending_prompt != self.prompt:
+        changed = self._pending_prompt is not None and self._pending_prompt != self.prompt
+        if changed:
             self.prompt = self._pending_prompt
-            self._text = self.world.text_context(self.prompt)
-            flushed = True
-        if self._pending_cut and self.block_index > 0:
-            cut = True
-            flushed = True
-            if config.cut_keeps_sink:
-                self.cache.flush(config.flush_keep_frames)
-            else:
-                self.cache.clear()  # the cut block's first frame becomes the new sink
-        elif flushed and config.flush_on_prompt_change:
+            self._text = self.world.text_context(self.prompt)  # new cross-attention keys/values
+        cut = self._pending_cut and self.block_index > 0
+        flushed = cut or (changed and config.flush_on_prompt_change and self.block_index > 0)
+        if cut and not config.cut_keeps_sink:
+            self.cache.clear()  # a fresh window: the cut block's first frame becomes the new sink
+        elif flushed:
             self.cache.flush(config.flush_keep_frames)
         self._pending_prompt, self._pending_cut = None, False
 
@@ -125,7 +121,7 @@ class Session:
         x0 = sample_block(flow, self.schedule, noise.to(model.device), self.generator)
 
         # 4. Context pass: the clean block's keys/values are what the cache keeps.
-        context = renoise(x0, config.context_noise, config.shift, self.generator)
+        context = renoise(x0, config.context_noise, self.generator)
         _, block_kv = model(
             context.to(model.dtype), batch * config.context_noise, self._text, positions, past
         )
@@ -162,9 +158,9 @@ class Session:
 def run_schedule(session: Session, events: Iterable[BlockEvent], blocks: int) -> Iterator[Block]:
     """Generate `blocks` blocks, switching prompt (flush) or cutting where the events say."""
     by_block = {event.block: event for event in events}
-    for index in range(blocks):
+    for _ in range(blocks):
         event = by_block.get(session.block_index)
-        if event is not None and index > 0:
+        if event is not None and session.block_index > 0:
             if event.cut:
                 session.cut(event.prompt)
             else:

@@ -40,6 +40,8 @@ from worldsim.config import PRESETS, EngineConfig
 from worldsim.session import Session
 
 BUNDLE_FILE = "worldsim.json"
+# Prompts whose cross-attention keys/values stay on the device (Wan: ~94 MB each in bf16).
+TEXT_CONTEXTS_KEPT = 8
 BUILTIN_BUNDLES = Path(__file__).resolve().parent.parent / "models" / "bundles"
 
 
@@ -84,7 +86,7 @@ class World:
             states = self.text_encoder.encode(prompt).to(self.model.device)
             context = self.model.encode_text(states)
             self._contexts[prompt] = context
-            if len(self._contexts) > 64:
+            if len(self._contexts) > TEXT_CONTEXTS_KEPT:
                 self._contexts.popitem(last=False)
         else:
             self._contexts.move_to_end(prompt)
