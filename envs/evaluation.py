@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -237,7 +238,7 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     reference = reference_frames("meadow", "day", 256, seed=seed + 99)
 
     def measure(name: str, make: Callable[[EngineConfig], Rollout], schemes: tuple[str, ...]) -> EvalResult:
-        print(f"measuring {name} ...", flush=True)
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)  # stdout may carry JSON
         result = EvalResult(
             name=name,
             action_following=action_following(make(config), episodes, seed),
