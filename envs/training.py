@@ -199,7 +199,7 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
     checkpoint_path = run / "vae.ckpt"
     state = load_checkpoint(checkpoint_path)
     if state is not None and state["step"] >= config.vae_steps and (final / "config.json").is_file():
-        return AutoencoderKLWan.from_pretrained(final, local_files_only=True).eval()
+        return AutoencoderKLWan.from_pretrained(final, local_files_only=True, low_cpu_mem_usage=False).eval()
     spec = PRESETS["tiny"]
     torch.manual_seed(config.seed)
     vae = AutoencoderKLWan(**spec.vae).to(config.device)

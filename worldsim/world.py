@@ -252,7 +252,9 @@ def _load_vae(folder: Path) -> AutoencoderKLWan:
             f"no VAE at {folder} (expected a diffusers AutoencoderKLWan folder with config.json)"
         )
     try:
-        return AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+        return AutoencoderKLWan.from_pretrained(
+            folder, local_files_only=True, torch_dtype=torch.float32, low_cpu_mem_usage=False
+        )
     except (OSError, ValueError, RuntimeError) as err:
         raise BundleError(f"cannot load the VAE from {folder}: {err}") from err
 
