@@ -30,6 +30,7 @@ from tests.conftest import (
     tiny_vae,
     tiny_world,
 )
+from tests.test_checkpoint import to_original_name as original_name
 from worldsim.config import PRESETS, EngineConfig
 from worldsim.world import BUNDLE_FILE, BundleError, assemble_world, save_bundle
 
@@ -51,44 +52,6 @@ SENTENCES = [
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------------
-
-_ATTENTION = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o", "norm_q": "norm_q", "norm_k": "norm_k"}
-# Diffusers module paths -> original Wan2.1 module paths.
-ORIGINAL_TOP = {
-    "patch_embedding": "patch_embedding",
-    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
-    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
-    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
-    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
-    "condition_embedder.time_proj": "time_projection.1",
-    "proj_out": "head.head",
-}
-ORIGINAL_BLOCK = {
-    **{f"attn1.{ours}": f"self_attn.{theirs}" for ours, theirs in _ATTENTION.items()},
-    **{f"attn2.{ours}": f"cross_attn.{theirs}" for ours, theirs in _ATTENTION.items()},
-    "norm2": "norm3",
-    "ffn.net.0.proj": "ffn.0",
-    "ffn.net.2": "ffn.2",
-}
-
-
-def original_name(name: str) -> str:
-    """The original Wan2.1 name of a diffusers WanTransformer3DModel parameter."""
-    if name == "scale_shift_table":
-        return "head.modulation"
-    if name.startswith("blocks."):
-        _, index, rest = name.split(".", 2)
-        if rest == "scale_shift_table":
-            return f"blocks.{index}.modulation"
-        module, leaf = rest.rsplit(".", 1)
-        return f"blocks.{index}.{ORIGINAL_BLOCK[module]}.{leaf}"
-    module, leaf = name.rsplit(".", 1)
-    return f"{ORIGINAL_TOP[module]}.{leaf}"
 
 
 def write_generator_checkpoint(path: Path, transformer: torch.nn.Module) -> Path:
