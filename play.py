@@ -160,11 +160,7 @@ class BlockProducer:
                 info = {"block": self.session.block_index, "prompt": self.session.prompt}
                 action = self.scenario.action(self.controller.act(obs, info))
                 self._slots, cut = self.scenario.apply(self._slots, action)
-                prompt = self.scenario.prompt(self._slots)
-                if cut:
-                    self.session.cut(prompt)
-                else:
-                    self.session.set_prompt(prompt)
+                self.session.follow(self.scenario.prompt(self._slots), cut)
                 started = time.perf_counter()
                 block = self.session.step()
                 seconds = time.perf_counter() - started

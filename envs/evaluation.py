@@ -85,11 +85,7 @@ class ModelRollout(Rollout):
 
     def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
         """Set the prompt (or cut to it) and generate a block."""
-        prompt = prompt_for(biome, condition, action)
-        if cut:
-            self.session.cut(prompt)
-        else:
-            self.session.set_prompt(prompt)
+        self.session.follow(prompt_for(biome, condition, action), cut)
         return self.session.step().frames
 
 

@@ -270,12 +270,8 @@ class WorldEnv(gymnasium.Env):
     def _apply_action(self, action: Action) -> str:
         assert self.session is not None
         self.slots, cut = self.scenario.apply(self.slots, action)
-        prompt = self.scenario.prompt(self.slots)
-        if cut:
-            self.session.cut(prompt)
-        else:
-            # An unchanged prompt is no change: the session flushes only when the text differs.
-            self.session.set_prompt(prompt)
+        # An unchanged prompt is no change: the session flushes only when the text differs.
+        self.session.follow(self.scenario.prompt(self.slots), cut)
         return action.name
 
     def _apply_text(self, action: Any) -> str:
@@ -285,10 +281,9 @@ class WorldEnv(gymnasium.Env):
                 f"invalid text action {action!r}: expected a string of 1 to {TEXT_MAX_LENGTH} printable "
                 f"ASCII characters (the new prompt, or '{CUT_PREFIX}' and a prompt to cut to it)"
             )
-        if action.startswith(CUT_PREFIX):
-            self.session.cut(action[len(CUT_PREFIX) :].strip() or self.session.prompt)
-        else:
-            self.session.set_prompt(action)
+        cut = action.startswith(CUT_PREFIX)
+        prompt = (action[len(CUT_PREFIX) :].strip() or self.session.prompt) if cut else action
+        self.session.follow(prompt, cut)
         return action
 
     def _observe(self, block: Block, action: str) -> tuple[np.ndarray, dict[str, Any]]:

@@ -170,8 +170,5 @@ def replay_blocks(replay: Replay, world: World) -> Iterator[Block]:
     check_compatible(replay, world)
     session = world.session(replay.header["start_prompt"], seed=replay.seed)
     for event in replay.events:
-        if event.cut:
-            session.cut(event.prompt)
-        else:
-            session.set_prompt(event.prompt)
+        session.follow(event.prompt, event.cut)
         yield session.step()

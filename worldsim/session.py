@@ -81,6 +81,13 @@ class Session:
         if prompt is not None:
             self._pending_prompt = prompt
 
+    def follow(self, prompt: str, cut: bool = False) -> None:
+        """Go to `prompt` before the next block: a cut to it, or a prompt change (flushed if it differs)."""
+        if cut:
+            self.cut(prompt)
+        else:
+            self.set_prompt(prompt)
+
     @torch.no_grad()
     def step(self, noise: Tensor | None = None) -> Block:
         """Generate, commit and decode the next block; `noise` (1, C, n, h, w) overrides the seed's."""
@@ -161,8 +168,5 @@ def run_schedule(session: Session, events: Iterable[BlockEvent], blocks: int) ->
     for _ in range(blocks):
         event = by_block.get(session.block_index)
         if event is not None and session.block_index > 0:
-            if event.cut:
-                session.cut(event.prompt)
-            else:
-                session.set_prompt(event.prompt)
+            session.follow(event.prompt, event.cut)
         yield session.step()
