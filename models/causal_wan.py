@@ -121,6 +121,14 @@ class TextContext:
     keys: tuple[Tensor, ...]
     values: tuple[Tensor, ...]
 
+    @staticmethod
+    def concat(contexts: Sequence[TextContext]) -> TextContext:
+        """The contexts stacked along the batch, for one call over several prompts."""
+        return TextContext(
+            tuple(torch.cat(layer) for layer in zip(*(c.keys for c in contexts), strict=True)),
+            tuple(torch.cat(layer) for layer in zip(*(c.values for c in contexts), strict=True)),
+        )
+
 
 LayerKV = tuple[Tensor, Tensor]  # un-rotated (keys, values), each (B, tokens, heads, head_dim)
 

@@ -230,3 +230,39 @@ def test_context_noise_renoises_at_the_level_the_model_is_told() -> None:
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(noisy, 0.25 * eps)
     assert renoise(x0, 0, torch.Generator()) is x0
+
+
+def test_guidance_with_the_empty_prompt_changes_nothing() -> None:
+    """u + g (c - u) = c when the prompt is the empty prompt, through the batched call and the cache."""
+    world = tiny_world()
+    plain, guided = world.session("", seed=3), world.session("", seed=3, guidance_scale=4.0)
+    for _ in range(3):
+        torch.testing.assert_close(guided.step().latents, plain.step().latents, atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_combines_the_prompt_and_the_empty_prompt() -> None:
+    from worldsim.sampler import FlowMatchSchedule, sample_block
+
+    world = tiny_world()
+    session = world.session("a lake", seed=2, guidance_scale=3.0)
+    noise = torch.randn(world.latent_shape(N), generator=torch.Generator().manual_seed(9))
+    got = session.step(noise=noise).latents
+    model, config = world.model, session.config
+    positions = block_positions(config, [], 0)
+    one = torch.ones(1)
+
+    def flow(x: torch.Tensor, t: float) -> torch.Tensor:
+        c = model(x, one * t, world.text_context("a lake"), positions)[0]
+        u = model(x, one * t, world.text_context(""), positions)[0]
+        return u + 3.0 * (c - u)
+
+    schedule = FlowMatchSchedule(config.denoising_steps, config.shift)
+    expected = sample_block(flow, schedule, noise, torch.Generator().manual_seed(2))[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    unguided = world.session("a lake", seed=2).step(noise=noise).latents
+    assert not torch.allclose(got, unguided, atol=1e-3)
+
+
+def test_guidance_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="guidance_scale"):
+        EngineConfig(guidance_scale=0.5)

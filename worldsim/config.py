@@ -28,6 +28,7 @@ class EngineConfig:
     cut_keeps_sink: bool = True  # False: a cut starts a fresh window whose first frame is the new sink
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)  # timesteps before the shift warp
     shift: float = 5.0  # flow-matching timestep shift
+    guidance_scale: float = 1.0  # classifier-free guidance against the empty prompt; 1 = off
     context_noise: int = 0  # timestep of the pass that writes a finished block into the cache
     positions: str = "relative"  # relative (Block-Relativistic) | onset | absolute
     onset_frame: int = 21  # the "onset" scheme anchors the block here, earlier frames before it
@@ -63,6 +64,8 @@ class EngineConfig:
             problems.append(f"positions must be one of {POSITION_SCHEMES}, not {self.positions!r}")
         if self.shift <= 0 or self.fps <= 0:
             problems.append("shift and fps must be positive")
+        if self.guidance_scale < 1:
+            problems.append(f"guidance_scale must be 1 (off) or more, not {self.guidance_scale}")
         if problems:
             raise ValueError("invalid engine settings: " + "; ".join(problems))
         object.__setattr__(self, "denoising_steps", tuple(int(t) for t in self.denoising_steps))

@@ -4,7 +4,8 @@ Each ``step()`` (Self-Forcing loop with infinity-RoPE, arXiv 2511.20649):
 
 1. apply a pending prompt change (KV Flush) or scene change (RoPE Cut);
 2. compute the window's temporal positions (``worldsim.positions``);
-3. denoise the block from noise in a few flow-matching steps, attending to the cache;
+3. denoise the block from noise in a few flow-matching steps, attending to the cache (with
+   classifier-free guidance against the empty prompt when ``guidance_scale`` > 1);
 4. run the model once more on the clean block and commit its keys/values to the cache;
 5. decode the block to video frames with the streaming decoder.
 """
@@ -118,8 +119,30 @@ class Session:
         past = self.cache.layers()
         batch = torch.ones(1, device=model.device)
 
-        def flow(x: Tensor, timestep: float) -> Tensor:
-            return model(x.to(model.dtype), batch * timestep, self._text, positions, past)[0]
+        guidance = config.guidance_scale
+        if guidance == 1.0:
+
+            def flow(x: Tensor, timestep: float) -> Tensor:
+                return model(x.to(model.dtype), batch * timestep, self._text, positions, past)[0]
+
+        else:  # one call over (prompt, empty prompt); both attend to the same cache
+            pair = TextContext.concat([self._text, self.world.text_context("")])
+            pair_past = (
+                None
+                if past is None
+                else [(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)) for k, v in past]
+            )
+
+            def flow(x: Tensor, timestep: float) -> Tensor:
+                both = model(
+                    x.to(model.dtype).expand(2, -1, -1, -1, -1),
+                    batch.expand(2) * timestep,
+                    pair,
+                    positions,
+                    pair_past,
+                )[0]
+                conditional, unconditional = both.float().chunk(2)
+                return unconditional + guidance * (conditional - unconditional)
 
         if noise is None:
             noise = torch.randn(self.world.latent_shape(n), generator=self.generator, dtype=torch.float32)
