@@ -78,7 +78,12 @@ class TrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
-    sampler_sigma_share: float = 0.8  # share of noise levels drawn from the sampler's own steps
+    sampler_sigma_share: float = 0.25  # share of noise levels drawn from the sampler's own steps
+    text_dropout: float = 0.1  # share of blocks trained on the empty prompt (for guidance)
+    # how the bundle samples (its engine settings); training favours these noise levels
+    sampling_steps: int = 6  # denoising steps, evenly spaced timesteps from 1000
+    sampling_shift: float = 3.0
+    guidance_scale: float = 3.0  # classifier-free guidance against the empty prompt
     checkpoint_every: int = 100
 
 
@@ -89,14 +94,25 @@ def train(config: TrainConfig) -> Path:
     run = Path(config.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    spec = PRESETS["tiny"]
     started = time.time()
     vae = train_vae(config, run)
     latents, clips, mean, std = build_dataset(config, run, vae)
     transformer = train_transformer(config, run, latents, clips)
-    bundle = export_bundle(config, run, transformer, vae, mean, std, spec.engine)
+    bundle = export_bundle(config, run, transformer, vae, mean, std, bundle_engine(config))
     print(f"bundle written to {bundle} ({time.time() - started:.0f} s this session)")
     return bundle
+
+
+def bundle_engine(config: TrainConfig) -> EngineConfig:
+    """The engine settings the bundle ships: the tiny preset's, with the run's sampling schedule."""
+    engine = PRESETS["tiny"].engine
+    steps = config.sampling_steps
+    return engine.replace(
+        denoising_steps=[round(1000 * (steps - i) / steps) for i in range(steps)],
+        shift=config.sampling_shift,
+        guidance_scale=config.guidance_scale,
+        training_horizon_frames=engine.window_frames,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,9 +213,7 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
     """Train (or resume, or load the finished) tiny VAE."""
     final = run / "vae"
     checkpoint_path = run / "vae.ckpt"
-    state = load_checkpoint(checkpoint_path)
-    if state is not None and state["step"] >= config.vae_steps and (final / "config.json").is_file():
-        return AutoencoderKLWan.from_pretrained(final, local_files_only=True, low_cpu_mem_usage=False).eval()
+    state = load_checkpoint(checkpoint_path)  # a finished stage skips the loop and re-exports
     spec = PRESETS["tiny"]
     torch.manual_seed(config.seed)
     vae = AutoencoderKLWan(**spec.vae).to(config.device)
@@ -378,11 +392,9 @@ def train_transformer(
     """Train (or resume, or load the finished) causal transformer; returns the EMA weights."""
     final = run / "transformer"
     checkpoint_path = run / "transformer.ckpt"
-    state = load_checkpoint(checkpoint_path)
-    if state is not None and state["step"] >= config.steps and (final / "config.json").is_file():
-        return _load_weights(final)
+    state = load_checkpoint(checkpoint_path)  # a finished stage skips the loop and re-exports
     spec = PRESETS["tiny"]
-    engine = spec.engine
+    engine = bundle_engine(config)
     if engine.kept_frames != engine.sink_frames + engine.flush_keep_frames:
         raise ValueError("training assumes a KV Flush keeps the whole cache (kept = sink + flush_keep)")
     torch.manual_seed(config.seed)
@@ -400,7 +412,7 @@ def train_transformer(
         start, seconds = state["step"], state.get("seconds", 0.0)
 
     encoder = MiniLMTextEncoder(max_length=PRESETS["tiny"].text_length)
-    prompts = sorted({p for clip in clips for p in clip["prompts"]})
+    prompts = ["", *sorted({p for clip in clips for p in clip["prompts"]})]  # row 0: the empty prompt
     row = {p: i for i, p in enumerate(prompts)}
     table = torch.cat([encoder.encode(p) for p in prompts]).to(config.device)  # (P, L, dim)
     sigma_choices = torch.tensor([shifted_sigma(t, engine.shift) for t in engine.denoising_steps])
@@ -412,6 +424,8 @@ def train_transformer(
         index = rng.choice(len(clips), size=config.batch, replace=False)
         batch_latents = latents[torch.from_numpy(index)].float().to(config.device)
         text_rows = torch.tensor([[row[p] for p in clips[i]["prompts"]] for i in index])
+        dropped = torch.from_numpy(rng.random(text_rows.shape) < config.text_dropout)
+        text_rows = text_rows.masked_fill(dropped, row[""])
         text_states = table[text_rows]  # (B, blocks, L, dim)
         cuts = [clips[i]["cuts"] for i in index]
         loss = rollout_loss(
@@ -469,7 +483,7 @@ def export_bundle(
         transformer,
         vae,
         {"kind": "minilm", "max_length": PRESETS["tiny"].text_length},
-        engine.replace(training_horizon_frames=engine.window_frames),
+        engine,
         PRESETS["tiny"].height,
         PRESETS["tiny"].width,
         name="tiny",
@@ -521,7 +535,10 @@ def model_card(
          f"L1 + MSE + {config.vae_kl_weight:g} KL; last PSNR {psnr:.1f} dB; "
          f"{vae_seconds / 60:.0f} min recorded"),
         ("transformer training", f"{dit_steps} steps, batch {config.batch}, lr {config.lr:g}, "
-         f"EMA {config.ema_decay}; last loss {loss:.4f}; {dit_seconds / 60:.0f} min recorded"),
+         f"EMA {config.ema_decay}, empty prompt on {config.text_dropout:.0%} of blocks; "
+         f"last loss {loss:.4f}; {dit_seconds / 60:.0f} min recorded"),
+        ("sampling", f"guidance {config.guidance_scale:g} against the empty prompt; "
+         "steps and shift as in the bundle's `worldsim.json`"),
         ("device", f"{config.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"),
         ("training horizon", "6 latent frames seen together (the cache window): "
          "positions 0-5, 42-47 after a cut"),
