@@ -43,6 +43,23 @@ def test_train_writes_a_bundle_that_loads_and_plays(tmp_path) -> None:
     block = world.session("a green meadow, bright daylight, walking north").step()
     assert block.frames.shape == (9, 64, 64, 3)
     assert "| transformer training | 2 steps" in (bundle / "MODEL_CARD.md").read_text()
+    config = TrainConfig()
+    assert world.config.guidance_scale == config.guidance_scale
+    assert len(world.config.denoising_steps) == config.sampling_steps
+    assert world.config.training_horizon_frames == world.config.window_frames
+
+
+def test_readme_figure_shows_model_and_world_rows() -> None:
+    from envs.figure import BLOCKS_PER_SHOT, FRAMES_PER_BLOCK, SHOTS, rollout_figure
+    from worldsim.world import random_world
+
+    world = random_world("tiny")
+    image = np.asarray(rollout_figure(world, scale=1))
+    tile = world.height
+    assert image.shape[1] == BLOCKS_PER_SHOT * FRAMES_PER_BLOCK * (tile + 4) - 4
+    assert image.shape[0] == len(SHOTS) * (16 + 2 * (tile + 4))
+    world_row = image[16 + tile + 4 : 16 + 2 * tile + 4, :tile]  # the ground truth under shot 1
+    assert biome_of(world_row[None]) == "meadow"
 
 
 def test_training_resumes_exactly(tmp_path) -> None:
