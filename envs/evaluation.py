@@ -13,6 +13,10 @@ row), with the probes of ``envs.probes``:
   cache with absolute positions and no sink (Self-Forcing style);
 - ``cut_accuracy``: share of cuts after which the first block shows the requested biome;
 - ``fps`` and peak memory of generation plus decode (``worldsim.bench``).
+
+Two ceiling rows: the ground-truth world itself, and the ground truth seen through the bundle's
+VAE (each block encoded and decoded), which bounds what any transformer can reach through that
+decoder.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from envs.probes import biome_of, condition_of, frame_quality, motion_direction, reference_frames
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
+from models.streaming_vae import to_uint8_frames
 from worldsim.bench import run_bench
 from worldsim.config import EngineConfig
 from worldsim.world import World
@@ -114,6 +120,36 @@ class TruthRollout(Rollout):
             frames = [self.world.step(action) for _ in range(self.later)]
         self.blocks += 1
         return np.stack(frames)
+
+
+class RoundTripRollout(Rollout):
+    """The ground-truth world through the bundle's VAE: each block encoded and decoded.
+
+    A later block is encoded behind the previous block's last frame (its causal lead-in, which
+    makes the 1 + 4k frames the encoder takes), and that frame is dropped from the result.
+    """
+
+    def __init__(self, world: World, first_block_frames: int, block_frames: int) -> None:
+        self.truth = TruthRollout(first_block_frames, block_frames)
+        self.vae = world.decoder.vae
+
+    def start(self, biome: str, condition: str, action: str, seed: int) -> None:
+        """A world at a random place, as TruthRollout."""
+        self.truth.start(biome, condition, action, seed)
+        self.last: np.ndarray | None = None
+
+    @torch.no_grad()
+    def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
+        """The ground-truth block after an encode-decode round trip."""
+        frames = self.truth.step(biome, condition, action, cut)
+        clip = frames if self.last is None else np.concatenate([self.last[None], frames])
+        self.last = frames[-1]
+        parameter = next(self.vae.parameters())
+        video = torch.from_numpy(clip[None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        video = video.to(parameter.device, parameter.dtype)
+        decoded = self.vae.decode(self.vae.encode(video).latent_dist.mean).sample
+        out = to_uint8_frames(decoded)[0].cpu().numpy()
+        return out[len(clip) - len(frames) :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +261,7 @@ SCHEMES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
 
 
 def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = False) -> list[EvalResult]:
-    """Measure the model and the ground truth; returns [model row, ground-truth row]."""
+    """Measure the model and the ceilings; returns [model, ground truth, VAE round trip] rows."""
     config = world.config
     first = world.decoder.video_frames(config.block_frames, first=True)
     later = world.decoder.video_frames(config.block_frames, first=False)
@@ -234,14 +270,18 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     reference = reference_frames("meadow", "day", 256, seed=seed + 99)
 
     def measure(name: str, make: Callable[[EngineConfig], Rollout], schemes: tuple[str, ...]) -> EvalResult:
+        """One row; a ceiling (one scheme) has no cache, so one switch measurement serves both columns."""
         print(f"measuring {name} ...", file=sys.stderr, flush=True)  # stdout may carry JSON
+        flush = switch_latency(make(config.replace(flush_keep_frames=1)), switches, seed)
+        if len(schemes) > 1:
+            no_flush = switch_latency(make(config.replace(flush_on_prompt_change=False)), switches, seed)
+        else:
+            no_flush = flush
         result = EvalResult(
             name=name,
             action_following=action_following(make(config), episodes, seed),
-            switch_latency_flush=switch_latency(make(config.replace(flush_keep_frames=1)), switches, seed),
-            switch_latency_no_flush=switch_latency(
-                make(config.replace(flush_on_prompt_change=False)), switches, seed
-            ),
+            switch_latency_flush=flush,
+            switch_latency_no_flush=no_flush,
             cut_accuracy=cut_accuracy(make(config), cuts, seed),
         )
         for scheme in schemes:
@@ -254,17 +294,23 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     bench = run_bench(world, blocks=4 if quick else 16, seed=seed)
     model.fps, model.peak_mem_mb = bench.fps, bench.peak_mem_mb
 
-    truth = measure("ground truth", lambda c: TruthRollout(first, later), ("relative",))
-    for scheme in SCHEMES:  # the world has no positions: one measurement serves every scheme
-        truth.quality_early[scheme] = truth.quality_early["relative"]
-        truth.quality_late[scheme] = truth.quality_late["relative"]
-    started, produced = time.perf_counter(), 0
-    gt = TruthRollout(first, later)
-    gt.start("meadow", "day", "east", seed)
-    while produced < 2000:
-        produced += len(gt.step("meadow", "day", "east"))
-    truth.fps = produced / (time.perf_counter() - started)
-    return [model, truth]
+    ceilings = []
+    for name, make in (
+        ("ground truth", lambda c: TruthRollout(first, later)),
+        ("ground truth through the VAE", lambda c: RoundTripRollout(world, first, later)),
+    ):
+        ceiling = measure(name, make, ("relative",))
+        for scheme in SCHEMES:  # no positions: one measurement serves every scheme
+            ceiling.quality_early[scheme] = ceiling.quality_early["relative"]
+            ceiling.quality_late[scheme] = ceiling.quality_late["relative"]
+        started, produced = time.perf_counter(), 0
+        source = make(config)
+        source.start("meadow", "day", "east", seed)
+        while produced < 2000:
+            produced += len(source.step("meadow", "day", "east"))
+        ceiling.fps = produced / (time.perf_counter() - started)
+        ceilings.append(ceiling)
+    return [model, *ceilings]
 
 
 def format_table(rows: list[EvalResult], frames: int) -> str:
