@@ -65,7 +65,7 @@ class TrainConfig:
     p_condition_change: float = 0.15
     p_cut: float = 0.15
     # stage 1: VAE
-    vae_steps: int = 1500
+    vae_steps: int = 2000
     vae_batch: int = 8
     vae_clip_frames: int = 9
     vae_lr: float = 1e-3
@@ -73,7 +73,7 @@ class TrainConfig:
     # latent data set
     dataset_clips: int = 2000
     # stage 2: transformer
-    steps: int = 4000
+    steps: int = 2400
     batch: int = 8
     lr: float = 1e-3
     warmup_steps: int = 200

@@ -507,3 +507,18 @@ def test_session_settings_are_validated(bundle: Path) -> None:
     assert world.config == ENGINE
     with pytest.raises(ValueError, match="window_frames"):
         world.session(PROMPT, window_frames=2)
+
+
+def test_the_built_in_tiny_bundle_ships_loads_by_name_and_plays() -> None:
+    import worldsim
+    from worldsim.world import BUILTIN_BUNDLES
+
+    folder = BUILTIN_BUNDLES / "tiny"
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "| ground truth |" in card and "run `worldsim eval --write-card`" not in card
+    world = worldsim.load("tiny")
+    assert world.scenario is not None and world.config.training_horizon_frames <= 21
+    block = world.session("a sandy desert, at night, walking north").step()
+    assert block.frames.shape == (9, 64, 64, 3)
