@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from envs.probes import biome_of, condition_of, frame_quality, motion_direction, reference_frames
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
-from models.streaming_vae import to_uint8_frames
+from models.streaming_vae import from_uint8_frames, to_uint8_frames
 from worldsim.bench import run_bench
 from worldsim.config import EngineConfig
 from worldsim.world import World
@@ -95,6 +95,12 @@ class ModelRollout(Rollout):
         return self.session.step().frames
 
 
+def block_frame_counts(world: World) -> tuple[int, int]:
+    """Video frames of the world's first block and of every later one."""
+    decoder, n = world.decoder, world.config.block_frames
+    return decoder.video_frames(n, first=True), decoder.video_frames(n, first=False)
+
+
 class TruthRollout(Rollout):
     """The procedural world itself, cut into blocks of the same length as the model's."""
 
@@ -145,8 +151,7 @@ class RoundTripRollout(Rollout):
         clip = frames if self.last is None else np.concatenate([self.last[None], frames])
         self.last = frames[-1]
         parameter = next(self.vae.parameters())
-        video = torch.from_numpy(clip[None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        video = video.to(parameter.device, parameter.dtype)
+        video = from_uint8_frames(clip[None]).to(parameter.device, parameter.dtype)
         decoded = self.vae.decode(self.vae.encode(video).latent_dist.mean).sample
         out = to_uint8_frames(decoded)[0].cpu().numpy()
         return out[len(clip) - len(frames) :]
@@ -263,8 +268,7 @@ SCHEMES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
 def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = False) -> list[EvalResult]:
     """Measure the model and the ceilings; returns [model, ground truth, VAE round trip] rows."""
     config = world.config
-    first = world.decoder.video_frames(config.block_frames, first=True)
-    later = world.decoder.video_frames(config.block_frames, first=False)
+    first, later = block_frame_counts(world)
     episodes, switches, cuts = (3, 4, 6) if quick else (18, 18, 18)
     window = min(1000, frames // 2)
     reference = reference_frames("meadow", "day", 256, seed=seed + 99)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from envs.evaluation import ModelRollout, Rollout, TruthRollout
+from envs.evaluation import ModelRollout, Rollout, TruthRollout, block_frame_counts
 from worldsim.world import World, load
 
 # (biome, condition, action, cut, title) of each shot, three blocks each
@@ -43,9 +43,7 @@ def shot_frames(rollout: Rollout, seed: int) -> list[list[np.ndarray]]:
 
 def rollout_figure(world: World, seed: int = 0, scale: int = 2) -> Image.Image:
     """The picture: per shot, a labelled row of model frames over a row of ground-truth frames."""
-    first = world.decoder.video_frames(world.config.block_frames, first=True)
-    later = world.decoder.video_frames(world.config.block_frames, first=False)
-    model, truth = ModelRollout(world), TruthRollout(first, later)
+    model, truth = ModelRollout(world), TruthRollout(*block_frame_counts(world))
     rows = zip(shot_frames(model, seed), shot_frames(truth, seed), strict=True)
     tile, pad, label = world.height * scale, 4, 16
     columns = BLOCKS_PER_SHOT * FRAMES_PER_BLOCK

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
 from models.causal_wan import CausalWanTransformer, LayerKV
+from models.streaming_vae import from_uint8_frames
 from models.text import MiniLMTextEncoder
 from worldsim.cache import frames_to_keep
 from worldsim.config import PRESETS, EngineConfig
@@ -165,11 +166,6 @@ def make_episode(rng: np.random.Generator, config: TrainConfig, blocks: int, eng
     return Episode(video, tuple(prompts), tuple(cuts))
 
 
-def to_video_tensor(frames: np.ndarray) -> Tensor:
-    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +229,7 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
         starts = [
             int(rng.integers(0, (len(e.frames) - config.vae_clip_frames) // 4 + 1)) * 4 for e in episodes
         ]
-        video = to_video_tensor(
+        video = from_uint8_frames(
             np.stack(
                 [e.frames[s : s + config.vae_clip_frames] for e, s in zip(episodes, starts, strict=True)]
             )
@@ -297,7 +293,7 @@ def build_dataset(
                 make_episode(rng, config, config.clip_blocks, engine)
                 for _ in range(min(batch, config.dataset_clips - start))
             ]
-            video = to_video_tensor(np.stack([e.frames for e in episodes])).to(config.device)
+            video = from_uint8_frames(np.stack([e.frames for e in episodes])).to(config.device)
             encoded.append(vae.encode(video).latent_dist.mean.cpu())
             clips += [{"prompts": list(e.prompts), "cuts": list(e.cuts)} for e in episodes]
     latents = torch.cat(encoded)  # (N, C, F, h, w)

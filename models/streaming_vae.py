@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 from torch import Tensor
@@ -86,6 +87,11 @@ class StreamingDecoder:
             )
             state.latent_frames += 1
         return torch.cat(frames, dim=2).clamp(-1.0, 1.0)
+
+
+def from_uint8_frames(frames: np.ndarray) -> Tensor:
+    """uint8 frames (B, T, H, W, 3) -> video (B, 3, T, H, W) in [-1, 1]; the inverse of to_uint8_frames."""
+    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
 def to_uint8_frames(video: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,3 +37,12 @@ def test_streaming_decode_equals_one_shot_decode(split: list[int]) -> None:
 def test_decoder_rejects_mismatched_normalisation() -> None:
     with pytest.raises(ValueError, match="3 means and 4 stds for a VAE with 4 latent channels"):
         StreamingDecoder(tiny_vae(), [0.0] * 3, [1.0] * 4)
+
+
+def test_uint8_frames_round_trip_through_video_tensors() -> None:
+    from models.streaming_vae import from_uint8_frames, to_uint8_frames
+
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 5, 4, 6, 3), dtype=np.uint8)
+    video = from_uint8_frames(frames)
+    assert video.shape == (2, 3, 5, 4, 6) and video.min() >= -1.0 and video.max() <= 1.0
+    assert np.array_equal(to_uint8_frames(video).numpy(), frames)
