@@ -261,6 +261,9 @@ def test_guidance_combines_the_prompt_and_the_empty_prompt() -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     unguided = world.session("a lake", seed=2).step(noise=noise).latents
     assert not torch.allclose(got, unguided, atol=1e-3)
+    session.set_prompt("a city")  # the (prompt, empty prompt) pair follows the new prompt
+    session.step()
+    assert torch.equal(session._guided_text.keys[0][:1], world.text_context("a city").keys[0])
 
 
 def test_guidance_below_one_is_refused() -> None:

@@ -64,6 +64,7 @@ class Session:
         self.frames_generated = 0
         self.prompt = prompt
         self._text: TextContext = world.text_context(prompt)
+        self._guided_text: TextContext | None = None  # (prompt, empty prompt), made when guidance needs it
         self._pending_prompt: str | None = None
         self._pending_cut = False
 
@@ -100,6 +101,7 @@ class Session:
         if changed:
             self.prompt = self._pending_prompt
             self._text = self.world.text_context(self.prompt)  # new cross-attention keys/values
+            self._guided_text = None
         cut = self._pending_cut and self.block_index > 0
         flushed = cut or (changed and config.flush_on_prompt_change and self.block_index > 0)
         if cut and not config.cut_keeps_sink:
@@ -126,7 +128,9 @@ class Session:
                 return model(x.to(model.dtype), batch * timestep, self._text, positions, past)[0]
 
         else:  # one call over (prompt, empty prompt); both attend to the same cache
-            pair = TextContext.concat([self._text, self.world.text_context("")])
+            if self._guided_text is None:  # once per prompt, not per block
+                self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
+            pair = self._guided_text
             pair_past = (
                 None
                 if past is None
