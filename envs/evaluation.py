@@ -4,7 +4,8 @@ Every column is computed the same way for the model and for the ground-truth wor
 row), with the probes of ``envs.probes``:
 
 - ``action_following``: share of blocks generated while an action is held whose measured motion
-  (phase correlation of consecutive frames) is the commanded direction (or idle);
+  (cross-correlation of frames 4 apart, ``envs.probes.camera_motion``) is the commanded direction
+  (or idle);
 - ``switch_latency_blocks``: after a prompt switch (a new action or a new light), how many blocks
   until a block shows it (1 = the very next block), with KV Flush and without it;
 - long horizon: ``frame_quality`` against ground-truth frames of the same biome and light, over
@@ -192,7 +193,7 @@ def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
 
             def shows(frames: np.ndarray, target: str = after) -> bool:
                 return condition_of(frames) == target
-        else:  # a new action: measured with phase correlation
+        else:  # a new action: measured from the camera motion
             before, after = (str(a) for a in rng.permutation(MOVING)[:2])
             old, new = (biome, "day", before), (biome, "day", after)
 

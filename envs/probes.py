@@ -1,7 +1,7 @@
 """Probes that measure frames (generated or real) against the procedural ground-truth world.
 
-* :func:`phase_correlation` and :func:`motion_direction` read the camera motion from consecutive frames,
-  so a generated clip can be checked for following its action prompt.
+* :func:`phase_correlation`, :func:`camera_motion` and :func:`motion_direction` read the camera motion
+  from a clip's frames, so a generated clip can be checked for following its action prompt.
 * :func:`biome_of` and :func:`condition_of` classify frames by simple colour statistics with centroids
   taken from the ground-truth world itself, so a clip can be checked for following its scene and light.
 * :func:`frame_quality` scores how much frames look like real frames of a biome and light.
@@ -19,6 +19,7 @@ from envs.procedural import ACTIONS, BIOMES, CONDITIONS, MOVES, ProceduralWorld,
 
 __all__ = [
     "biome_of",
+    "camera_motion",
     "classify",
     "color_features",
     "condition_of",
@@ -36,6 +37,8 @@ CENTROID_FRAMES = 200
 SPREAD_FLOOR = 0.01
 # Half-width in pixels of the central square that phase correlation ignores (the player sprite is 6x6).
 PLAYER_HOLE = 4
+# Frames apart that motion_direction compares.
+MOTION_LAG = 4
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -64,7 +67,7 @@ def _window(height: int, width: int) -> np.ndarray:
     return (hann * hole).astype(np.float32)
 
 
-def phase_correlation(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+def phase_correlation(a: np.ndarray, b: np.ndarray, whiten: bool = True) -> tuple[int, int]:
     """The integer shift ``(dx, dy)`` that moves frame ``a``'s content onto frame ``b``'s.
 
     ``b[y, x] ≈ a[y - dy, x - dx]``: positive ``dx`` means the content moved right on screen, positive
@@ -72,6 +75,10 @@ def phase_correlation(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     ``(-speed * k, 0)``; walking north gives ``(0, +speed * k)``. Shifts are wrapped into
     ``[-W/2, W/2)`` x ``[-H/2, H/2)``. The square of half-width ``PLAYER_HOLE`` at the centre, where the
     player stands still on screen, is left out.
+
+    ``whiten`` (phase correlation proper) gives every frequency one vote: an exact, sharp peak on crisp
+    frames. Without it (plain windowed cross-correlation) frequencies vote by their power, which keeps
+    the peak on blurred frames, where the fine frequencies whitening would amplify hold only noise.
     """
     ga, gb = _gray(np.asarray(a)), _gray(np.asarray(b))
     if ga.shape != gb.shape or ga.ndim != 2:
@@ -83,8 +90,9 @@ def phase_correlation(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     fa = np.fft.rfft2((ga - ga.mean()) * window)
     fb = np.fft.rfft2((gb - gb.mean()) * window)
     cross = np.conj(fa) * fb
-    # Whitening keeps only the phase, so every frequency votes equally and the peak is sharp.
-    surface = np.fft.irfft2(cross / (np.abs(cross) + 1e-9), s=(height, width))
+    if whiten:  # keep only the phase, so every frequency votes equally and the peak is sharp
+        cross = cross / (np.abs(cross) + 1e-9)
+    surface = np.fft.irfft2(cross, s=(height, width))
     dy, dx = np.unravel_index(int(np.argmax(surface)), surface.shape)
     dx = dx - width if dx >= width // 2 else dx
     dy = dy - height if dy >= height // 2 else dy
@@ -98,17 +106,27 @@ def motion_shifts(frames: np.ndarray) -> np.ndarray:
     return np.array(shifts, np.int64).reshape(-1, 2)
 
 
-def motion_direction(frames: np.ndarray, min_shift: float = 0.5) -> str:
-    """The action that best explains a clip's motion; 'idle' below ``min_shift`` pixels per frame.
+def camera_motion(frames: np.ndarray, lag: int = MOTION_LAG) -> np.ndarray:
+    """The camera's mean motion ``(dx, dy)`` in pixels per frame over a clip; zero for a single frame.
 
     The camera follows the player, so the content moves opposite to the walk: the camera's motion is the
-    negated summed screen shift, and the action is the move whose direction is closest to it.
+    negated screen shift. Shifts are read between frames ``lag`` apart (first and last, in a shorter
+    clip) by cross-correlation without whitening, so that blurred frames, such as a small decoder's,
+    still show their motion: a few pixels of blur hide a 2-pixel step between neighbours more than an
+    8-pixel one.
     """
-    shifts = motion_shifts(frames)
-    if len(shifts) == 0:
-        return "idle"
-    camera = -shifts.sum(axis=0).astype(np.float64)
-    if np.hypot(*camera) < min_shift * len(shifts):
+    clip = _clip(frames)
+    lag = min(lag, len(clip) - 1)
+    if lag < 1:
+        return np.zeros(2)
+    shifts = [phase_correlation(clip[i], clip[i + lag], whiten=False) for i in range(len(clip) - lag)]
+    return -np.mean(shifts, axis=0) / lag
+
+
+def motion_direction(frames: np.ndarray, min_shift: float = 0.5) -> str:
+    """The action that best explains a clip's :func:`camera_motion`; 'idle' below ``min_shift`` px a frame."""
+    camera = camera_motion(frames)
+    if np.hypot(*camera) < min_shift:
         return "idle"
     moves = [action for action in ACTIONS if MOVES[action] != (0, 0)]
     scores = [float(np.dot(camera, MOVES[action])) for action in moves]

@@ -4,10 +4,9 @@ A reward function takes one block's frames ``(T, H, W, 3)`` uint8 and the step's
 float. They read the frames only, so they score any model that draws the procedural world, the tiny
 world model as much as the ground truth:
 
-* ``travel_<direction>``: how far the camera moved that way over the block, in units of the world's
-  walking speed per frame, read from the screen shifts between consecutive frames
-  (:func:`envs.probes.motion_shifts`). Walking that way scores about 1.0, the opposite way about -1.0,
-  across or standing still about 0.0.
+* ``travel_<direction>``: how fast the camera moved that way over the block, in units of the world's
+  walking speed per frame (:func:`envs.probes.camera_motion`). Walking that way scores about 1.0, the
+  opposite way about -1.0, across or standing still about 0.0.
 * ``reach_<biome>``: 1.0 when the block shows that biome (:func:`envs.probes.biome_of`), else 0.0.
 """
 
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.probes import biome_of, motion_shifts
+from envs.probes import biome_of, camera_motion
 from envs.procedural import BIOMES, MOVES, WorldConfig
 
 __all__ = ["REWARDS", "RewardFn", "reach", "resolve_reward", "travel"]
@@ -31,15 +30,8 @@ WORLD_SPEED = WorldConfig().speed
 
 
 def travel(direction: str, frames: np.ndarray, info: dict[str, Any] | None = None) -> float:
-    """Camera displacement towards `direction` over the frames, per frame and in units of walking speed."""
-    shifts = motion_shifts(frames)
-    if len(shifts) == 0:
-        return 0.0
-    # The camera follows the player, so the screen content moves opposite to the walk.
-    camera = -shifts.sum(axis=0).astype(np.float64)
-    # Displacement is measured across the T - 1 steps between consecutive frames, so a clip walked at
-    # full speed scores exactly 1.0 however long it is.
-    return float(np.dot(camera, MOVES[direction])) / (len(shifts) * WORLD_SPEED)
+    """Camera motion towards `direction` over the frames, per frame and in units of walking speed."""
+    return float(np.dot(camera_motion(frames), MOVES[direction])) / WORLD_SPEED
 
 
 def reach(biome: str, frames: np.ndarray, info: dict[str, Any] | None = None) -> float:

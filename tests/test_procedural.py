@@ -262,9 +262,11 @@ def test_phase_correlation_sign_on_the_world(biome, condition):
     start = world.render()
     for k in (1, 3):
         east = ProceduralWorld(CONFIG, seed=21, biome=biome, condition=condition, x=-300, y=901)
-        assert phase_correlation(start, east.rollout(["east"] * k)[-1]) == (-SPEED * k, 0)
         north = ProceduralWorld(CONFIG, seed=21, biome=biome, condition=condition, x=-300, y=901)
-        assert phase_correlation(start, north.rollout(["north"] * k)[-1]) == (0, SPEED * k)
+        east_end, north_end = east.rollout(["east"] * k)[-1], north.rollout(["north"] * k)[-1]
+        for whiten in (True, False):
+            assert phase_correlation(start, east_end, whiten) == (-SPEED * k, 0)
+            assert phase_correlation(start, north_end, whiten) == (0, SPEED * k)
 
 
 @pytest.mark.parametrize("biome", BIOMES)
@@ -278,6 +280,31 @@ def test_motion_direction_on_ground_truth(biome, condition):
             assert motion_direction(frames) == action
             expected = -SPEED * np.array(MOVES[action])
             assert (motion_shifts(frames) == expected).all()
+
+
+def gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Frames blurred by a separable Gaussian, edges extended."""
+    radius = int(3 * sigma)
+    taps = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
+    taps /= taps.sum()
+    out = frames.astype(np.float32)
+    for axis in (1, 2):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(4)], mode="edge")
+        out = sum(w * np.take(padded, range(i, i + out.shape[axis]), axis=axis) for i, w in enumerate(taps))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_motion_direction_reads_blurred_blocks(condition):
+    """A decoder's blur (here 2 px) must not hide a walk, nor invent one where the player stands still."""
+    for biome in BIOMES:
+        for action in ACTIONS:
+            world = ProceduralWorld(CONFIG, seed=102, biome=biome, condition=condition)
+            world.teleport(biome)
+            frames = gaussian_blur(world.rollout([action] * 12), 2.0)
+            assert motion_direction(frames) == action, (biome, action)
+    still = gaussian_blur(np.repeat(world.render()[None], 12, axis=0), 2.0)
+    assert motion_direction(still) == "idle"
 
 
 def test_biome_and_condition_probes_on_held_out_seeds():
