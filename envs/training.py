@@ -2,12 +2,14 @@
 
 Two stages, each resumable from its own checkpoint in the run folder, then the bundle:
 
-1. **VAE.** A small ``AutoencoderKLWan`` (the same class as Wan's) learns 64x64 frames <-> 16x16x8
-   latents: L1 + MSE reconstruction and a small KL term, on short clips with motion, light changes
-   and scene cuts.
+1. **VAE.** A small ``AutoencoderKLWan`` (the same class as Wan's) learns 64x64 frames <-> 16x16x16
+   latents: L1 + MSE reconstruction, an edge term on image gradients and a small KL term, on short
+   clips with motion, light changes and scene cuts.
 2. **Transformer.** A ``WanTransformer3DModel`` conditioned on frozen all-MiniLM-L6-v2 token states
    learns flow matching on latent clips, rolled out block by block exactly as at inference
-   (teacher forcing: the cache holds the clean blocks' keys/values from a context pass at timestep 0).
+   (the cache holds each block's keys/values from a context pass at timestep 0, over the clean block
+   or, for most blocks, the model's own one-step estimate of it, as at inference; see
+   :func:`own_prediction`).
    Positions are Block-Relativistic, clips contain prompt switches and RoPE Cuts, and noise levels
    are mostly the sampler's own few steps, so few-step sampling with the KV cache is what is
    trained. The model never sees more than ``window_frames`` latent frames together.
@@ -39,7 +41,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
-from models.causal_wan import CausalWanTransformer, LayerKV
+from models.causal_wan import CausalWanTransformer, LayerKV, TextContext
 from models.streaming_vae import from_uint8_frames
 from models.text import MiniLMTextEncoder
 from worldsim.cache import frames_to_keep
@@ -66,21 +68,23 @@ class TrainConfig:
     p_condition_change: float = 0.15
     p_cut: float = 0.15
     # stage 1: VAE
-    vae_steps: int = 2000
-    vae_batch: int = 8
+    vae_steps: int = 1600
+    vae_batch: int = 4
     vae_clip_frames: int = 9
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    vae_edge_weight: float = 1.0  # L1 between image gradients, against blur
     # latent data set
     dataset_clips: int = 2000
     # stage 2: transformer
-    steps: int = 2400
+    steps: int = 2000
     batch: int = 8
     lr: float = 1e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
     sampler_sigma_share: float = 0.25  # share of noise levels drawn from the sampler's own steps
     text_dropout: float = 0.1  # share of blocks trained on the empty prompt (for guidance)
+    self_context: float = 0.75  # share of cached blocks that are the model's own estimate (own_prediction)
     # how the bundle samples (its engine settings); training favours these noise levels
     sampling_steps: int = 6  # denoising steps, evenly spaced timesteps from 1000
     sampling_shift: float = 3.0
@@ -205,6 +209,17 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def edge_loss(recon: Tensor, video: Tensor) -> Tensor:
+    """Mean absolute difference of horizontal and vertical pixel gradients of (B, C, T, H, W) videos.
+
+    Pixel losses alone let a small decoder settle on blurred edges; this term prices the lost edges directly.
+    """
+    loss = recon.new_zeros(())
+    for dim in (-1, -2):
+        loss = loss + (recon.diff(dim=dim) - video.diff(dim=dim)).abs().mean()
+    return loss
+
+
 def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
     """Train (or resume, or load the finished) tiny VAE."""
     final = run / "vae"
@@ -242,7 +257,7 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
         l1 = (recon - video).abs().mean()
         mse = F.mse_loss(recon, video)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = l1 + mse + config.vae_kl_weight * kl
+        loss = l1 + mse + config.vae_edge_weight * edge_loss(recon, video) + config.vae_kl_weight * kl
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, 50)
         optimizer.zero_grad(set_to_none=True)
@@ -343,11 +358,14 @@ def rollout_loss(
     sigma_choices: Tensor,
     sampler_share: float,
     generator: torch.Generator,
+    self_context: float = 0.0,
 ) -> Tensor:
-    """Flow-matching loss of a batch of clips rolled out block by block with a teacher-forced cache.
+    """Flow-matching loss of a batch of clips rolled out block by block through the KV cache.
 
     latents: (B, C, F, h, w) clean normalised latents; text_states: (B, blocks, L, dim);
-    cuts[b][k]: block k of clip b follows a RoPE Cut.
+    cuts[b][k]: block k of clip b follows a RoPE Cut. With ``self_context`` > 0, that share of the
+    blocks enters the cache as the model's own prediction of it (:func:`own_prediction`) instead of
+    the clean latents.
     """
     batch, _, frames, _, _ = latents.shape
     n = engine.block_frames
@@ -372,7 +390,12 @@ def rollout_loss(
         flow, _ = model(noisy, 1000 * sigma, text, positions, past)
         losses.append(F.mse_loss(flow.float(), eps - clean))
 
-        _, block_kv = model(clean, torch.zeros(batch, device=latents.device), text, positions, past)
+        context = clean
+        if self_context > 0:
+            context = own_prediction(
+                model, clean, text, positions, past, sigma_choices[-1], self_context, generator
+            )
+        _, block_kv = model(context, torch.zeros(batch, device=latents.device), text, positions, past)
         past, kept = commit_differentiable(past, block_kv, len(held[0]), n, engine)
         combined = [[*h, *range(start, start + n)] for h in held]
         held = [
@@ -380,6 +403,34 @@ def rollout_loss(
         ]
         assert len(held[0]) == kept
     return torch.stack(losses).mean()
+
+
+def own_prediction(
+    model: CausalWanTransformer,
+    clean: Tensor,
+    text: TextContext,
+    positions: Sequence[Sequence[int]],
+    past: list[LayerKV] | None,
+    last_sigma: Tensor,
+    share: float,
+    generator: torch.Generator,
+) -> Tensor:
+    """The context a block leaves in the cache: for ``share`` of the clips, the model's own estimate of it.
+
+    At inference every cached block is the model's last denoising estimate, made from noise level
+    ``last_sigma``, never the real latents; a model trained only on real context drifts once it sees its
+    own smoother output. So the block is noised to a level drawn uniformly from ``[0, 2 * last_sigma]``
+    (mean: the sampler's last level) and denoised in one step by the current weights, without gradient.
+    """
+    batch = clean.shape[0]
+    with torch.no_grad():
+        sigma = (2 * last_sigma * torch.rand(batch, generator=generator)).to(clean.device)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * clean + s * torch.randn(clean.shape, generator=generator).to(clean.device)
+        flow, _ = model(noisy, 1000 * sigma, text, positions, past)
+        estimate = (noisy - s * flow).to(clean.dtype)
+    mine = (torch.rand(batch, generator=generator) < share).to(clean.device).view(-1, 1, 1, 1, 1)
+    return torch.where(mine, estimate, clean)
 
 
 def train_transformer(
@@ -425,7 +476,15 @@ def train_transformer(
         text_states = table[text_rows]  # (B, blocks, L, dim)
         cuts = [clips[i]["cuts"] for i in index]
         loss = rollout_loss(
-            model, batch_latents, text_states, cuts, engine, sigma_choices, config.sampler_sigma_share, noise
+            model,
+            batch_latents,
+            text_states,
+            cuts,
+            engine,
+            sigma_choices,
+            config.sampler_sigma_share,
+            noise,
+            config.self_context,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.steps, config.lr, config.warmup_steps)
@@ -472,8 +531,6 @@ def export_bundle(
 ) -> Path:
     """Write the trained bundle: weights, worldsim.json, the scenario and the training record."""
     bundle = Path(config.bundle_dir)
-    if (run / "transformer").is_dir():  # load the finished EMA weights saved by stage 2
-        transformer = _load_weights(run / "transformer")
     save_bundle(
         bundle,
         transformer,
@@ -524,14 +581,17 @@ def model_card(
         ("transformer", f"{params['dit']:.2f} M parameters: {arch['num_layers']} layers, "
          f"{arch['num_attention_heads']} heads x {arch['attention_head_dim']}, patch 1x2x2, "
          "64 tokens a frame"),
-        ("VAE", f"{params['vae']:.2f} M parameters: 64x64x3 frames <-> 16x16x8 latents, temporal stride 4"),
+        ("VAE", f"{params['vae']:.2f} M parameters, base width {vae.config.base_dim}: 64x64x3 frames "
+         f"<-> 16x16x{vae.config.z_dim} latents, temporal stride 4"),
         ("data", f"procedural episodes from seed {config.seed}: {config.dataset_clips} clips of "
          f"{config.clip_blocks} blocks for the transformer, fresh episodes every VAE step"),
         ("VAE training", f"{vae_steps} steps, batch {config.vae_batch}, "
-         f"L1 + MSE + {config.vae_kl_weight:g} KL; last PSNR {psnr:.1f} dB; "
+         f"L1 + MSE + {config.vae_edge_weight:g} edge L1 + {config.vae_kl_weight:g} KL; "
+         f"last PSNR {psnr:.1f} dB; "
          f"{vae_seconds / 60:.0f} min recorded"),
         ("transformer training", f"{dit_steps} steps, batch {config.batch}, lr {config.lr:g}, "
-         f"EMA {config.ema_decay}, empty prompt on {config.text_dropout:.0%} of blocks; "
+         f"EMA {config.ema_decay}, empty prompt on {config.text_dropout:.0%} of blocks, "
+         f"own estimate as context on {config.self_context:.0%}; "
          f"last loss {loss:.4f}; {dit_seconds / 60:.0f} min recorded"),
         ("sampling", f"guidance {config.guidance_scale:g} against the empty prompt; "
          "steps and shift as in the bundle's `worldsim.json`"),
@@ -559,12 +619,6 @@ The full settings are in `train_config.json`, the loss curve in `train_log.jsonl
 (run `worldsim eval --write-card` to fill this in)
 {EVAL_MARKERS[1]}
 """
-
-
-def _load_weights(folder: Path) -> WanTransformer3DModel:
-    from models.checkpoint import load_diffusers_transformer
-
-    return load_diffusers_transformer(folder)
 
 
 def _log(run: Path, record: dict[str, Any]) -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from envs.probes import biome_of
-from envs.training import TrainConfig, load_checkpoint, make_episode, train
+from envs.training import TrainConfig, load_checkpoint, make_episode, own_prediction, train
 from worldsim.config import PRESETS
+from worldsim.world import random_world
 
 
 def small(run, bundle, **changes) -> TrainConfig:
@@ -76,3 +77,25 @@ def test_training_resumes_exactly(tmp_path) -> None:
     assert a["step"] == b["step"] == 2
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=0, rtol=0)
+
+
+def test_own_prediction_replaces_the_chosen_share_of_blocks_by_a_one_step_estimate() -> None:
+    world = random_world("tiny")
+    model = world.model
+    text = model.encode_text(torch.randn(4, 16, 384))
+    clean = torch.randn(4, 16, 3, 16, 16)
+    positions = [[0, 1, 2]] * 4
+
+    def run(share: float, last_sigma: float) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return own_prediction(model, clean, text, positions, None, torch.tensor(last_sigma), share, generator)
+
+    torch.testing.assert_close(run(0.0, 0.4), clean, atol=0, rtol=0)
+    # At noise level 0 the one-step estimate is the clean block whatever the weights predict.
+    torch.testing.assert_close(run(1.0, 0.0), clean)
+    estimate = run(1.0, 0.4)
+    assert not estimate.requires_grad
+    assert all(not torch.equal(estimate[b], clean[b]) for b in range(4))
+    # A share in between picks per clip between the two, with the same estimate.
+    mixed = run(0.5, 0.4)
+    assert all(torch.equal(mixed[b], clean[b]) or torch.equal(mixed[b], estimate[b]) for b in range(4))
