@@ -25,7 +25,6 @@ __all__ = [
     "condition_of",
     "frame_quality",
     "motion_direction",
-    "motion_shifts",
     "phase_correlation",
     "reference_frames",
 ]
@@ -37,7 +36,7 @@ CENTROID_FRAMES = 200
 SPREAD_FLOOR = 0.01
 # Half-width in pixels of the central square that phase correlation ignores (the player sprite is 6x6).
 PLAYER_HOLE = 4
-# Frames apart that motion_direction compares.
+# Frames apart whose shift camera_motion reads.
 MOTION_LAG = 4
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -97,13 +96,6 @@ def phase_correlation(a: np.ndarray, b: np.ndarray, whiten: bool = True) -> tupl
     dx = dx - width if dx >= width // 2 else dx
     dy = dy - height if dy >= height // 2 else dy
     return int(dx), int(dy)
-
-
-def motion_shifts(frames: np.ndarray) -> np.ndarray:
-    """Screen shifts ``(dx, dy)`` between consecutive frames, (T - 1, 2) int."""
-    clip = _clip(frames)
-    shifts = [phase_correlation(clip[i], clip[i + 1]) for i in range(len(clip) - 1)]
-    return np.array(shifts, np.int64).reshape(-1, 2)
 
 
 def camera_motion(frames: np.ndarray, lag: int = MOTION_LAG) -> np.ndarray:
