@@ -76,6 +76,10 @@ class TrainConfig:
     vae_edge_weight: float = 1.0  # L1 between image gradients, against blur
     # latent data set
     dataset_clips: int = 2000
+    # latent frames encoded before each clip and dropped: the causal VAE encoder reaches its steady
+    # state only this far into a video (its temporal receptive field), and inference decodes endless
+    # streams, so clips must not be coded in its start-up regime (see build_dataset)
+    dataset_warmup_latents: int = 12
     # stage 2: transformer
     steps: int = 2000
     batch: int = 8
@@ -129,13 +133,24 @@ def bundle_engine(config: TrainConfig) -> EngineConfig:
 class Episode:
     """Video frames of a clip with each block's prompt and whether the block starts with a cut."""
 
-    frames: np.ndarray  # (T, 64, 64, 3) uint8, T = 1 + 4 * (3 * blocks - 1)
+    frames: np.ndarray  # (T, 64, 64, 3) uint8, T = 1 + 4 * (warmup_latents + 3 * blocks - 1)
     prompts: tuple[str, ...]
     cuts: tuple[bool, ...]
+    warmup_latents: int = 0  # leading latent frames that belong to no block (see make_episode)
 
 
-def make_episode(rng: np.random.Generator, config: TrainConfig, blocks: int, engine: EngineConfig) -> Episode:
-    """Play the procedural world for `blocks` blocks with random actions, light changes and cuts."""
+def make_episode(
+    rng: np.random.Generator,
+    config: TrainConfig,
+    blocks: int,
+    engine: EngineConfig,
+    warmup_latents: int = 0,
+) -> Episode:
+    """Play the procedural world for `blocks` blocks with random actions, light changes and cuts.
+
+    With ``warmup_latents``, the video starts that many latent frames earlier: the player walks with
+    block 0's prompt, so the clip's first block already has a past. The random draws do not depend on it.
+    """
     stride = 4  # video frames per latent frame after the first
     biome, condition = str(rng.choice(BIOMES)), str(rng.choice(CONDITIONS))
     action = str(rng.choice(ACTIONS, p=[0.12, 0.22, 0.22, 0.22, 0.22]))
@@ -148,6 +163,7 @@ def make_episode(rng: np.random.Generator, config: TrainConfig, blocks: int, eng
         y=int(rng.integers(-(10**6), 10**6)),
     )
     frames, prompts, cuts = [world.render()], [], []
+    frames.extend(world.step(action) for _ in range(stride * warmup_latents))
     for block in range(blocks):
         cut = False
         if block > 0:
@@ -166,8 +182,8 @@ def make_episode(rng: np.random.Generator, config: TrainConfig, blocks: int, eng
         prompts.append(prompt_for(biome, condition, action))
         cuts.append(cut)
     video = np.stack(frames)
-    assert len(video) == 1 + stride * (engine.block_frames * blocks - 1)
-    return Episode(video, tuple(prompts), tuple(cuts))
+    assert len(video) == 1 + stride * (warmup_latents + engine.block_frames * blocks - 1)
+    return Episode(video, tuple(prompts), tuple(cuts), warmup_latents)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,12 +307,20 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
 def build_dataset(
     config: TrainConfig, run: Path, vae: AutoencoderKLWan
 ) -> tuple[Tensor, list[dict[str, Any]], list[float], list[float]]:
-    """Encode `dataset_clips` episodes to normalised latents (cached in the run folder)."""
+    """Encode `dataset_clips` episodes to normalised latents (cached in the run folder).
+
+    Each clip is encoded after ``dataset_warmup_latents`` latent frames of the same walk, which are then
+    dropped. A causal VAE codes the first frames of a video differently from the rest: its convolutions
+    see the start-up padding until their temporal receptive field (about 12 latent frames for the tiny
+    VAE) has filled. Inference decodes endless streams, and only the steady-state codes keep the world's
+    geometry: there a walk shifts the latents, while in the first latent frames it does not.
+    """
     latents_file, clips_file = run / "latents.safetensors", run / "clips.json"
-    vae_step = config.vae_steps
+    vae_step, warmup = config.vae_steps, config.dataset_warmup_latents
     if latents_file.is_file() and clips_file.is_file():
         meta = json.loads(clips_file.read_text())
-        if meta.get("vae_step") == vae_step and len(meta["clips"]) == config.dataset_clips:
+        fresh = meta.get("vae_step") == vae_step and meta.get("warmup_latents", 0) == warmup
+        if fresh and len(meta["clips"]) == config.dataset_clips:
             return load_file(latents_file)["latents"], meta["clips"], meta["mean"], meta["std"]
     engine = PRESETS["tiny"].engine
     rng = np.random.default_rng([config.seed, 2])
@@ -305,18 +329,19 @@ def build_dataset(
     with torch.no_grad():
         for start in tqdm(range(0, config.dataset_clips, batch), desc="encode", unit="batch"):
             episodes = [
-                make_episode(rng, config, config.clip_blocks, engine)
+                make_episode(rng, config, config.clip_blocks, engine, warmup)
                 for _ in range(min(batch, config.dataset_clips - start))
             ]
             video = from_uint8_frames(np.stack([e.frames for e in episodes])).to(config.device)
-            encoded.append(vae.encode(video).latent_dist.mean.cpu())
+            encoded.append(vae.encode(video).latent_dist.mean[:, :, warmup:].cpu())
             clips += [{"prompts": list(e.prompts), "cuts": list(e.cuts)} for e in episodes]
     latents = torch.cat(encoded)  # (N, C, F, h, w)
     mean = latents.mean(dim=(0, 2, 3, 4))
     std = latents.std(dim=(0, 2, 3, 4))
     normalised = ((latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).half().contiguous()
     save_file({"latents": normalised}, latents_file)
-    meta = {"clips": clips, "mean": mean.tolist(), "std": std.tolist(), "vae_step": vae_step}
+    meta = {"clips": clips, "mean": mean.tolist(), "std": std.tolist()}
+    meta |= {"vae_step": vae_step, "warmup_latents": warmup}
     clips_file.write_text(json.dumps(meta))
     return normalised, clips, meta["mean"], meta["std"]
 
@@ -584,7 +609,8 @@ def model_card(
         ("VAE", f"{params['vae']:.2f} M parameters, base width {vae.config.base_dim}: 64x64x3 frames "
          f"<-> 16x16x{vae.config.z_dim} latents, temporal stride 4"),
         ("data", f"procedural episodes from seed {config.seed}: {config.dataset_clips} clips of "
-         f"{config.clip_blocks} blocks for the transformer, fresh episodes every VAE step"),
+         f"{config.clip_blocks} blocks for the transformer, each encoded after "
+         f"{config.dataset_warmup_latents} latent frames of warm-up; fresh episodes every VAE step"),
         ("VAE training", f"{vae_steps} steps, batch {config.vae_batch}, "
          f"L1 + MSE + {config.vae_edge_weight:g} edge L1 + {config.vae_kl_weight:g} KL; "
          f"last PSNR {psnr:.1f} dB; "

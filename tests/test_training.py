@@ -33,6 +33,18 @@ def test_episodes_have_the_vae_frame_count_and_follow_their_events() -> None:
     assert biome_of(episode.frames[-12:]) in ("meadow", "desert", "tundra")
 
 
+def test_a_warm_up_prepends_latent_frames_of_the_first_prompt_and_changes_no_draw() -> None:
+    engine = PRESETS["tiny"].engine
+    config = TrainConfig()
+    plain = make_episode(np.random.default_rng(3), config, 2, engine)
+    warm = make_episode(np.random.default_rng(3), config, 2, engine, warmup_latents=5)
+    assert warm.frames.shape[0] == plain.frames.shape[0] + 4 * 5 and warm.warmup_latents == 5
+    assert (warm.prompts, warm.cuts) == (plain.prompts, plain.cuts)
+    assert np.array_equal(warm.frames[0], plain.frames[0])  # the same world, from the same place
+    assert plain.prompts[0].endswith("walking north")  # so the clip starts further north
+    assert not np.array_equal(warm.frames[4 * 5], plain.frames[0])
+
+
 def test_train_writes_a_bundle_that_loads_and_plays(tmp_path) -> None:
     import worldsim
 
