@@ -1,11 +1,13 @@
-"""Streaming decode for diffusers' ``AutoencoderKLWan`` (the Wan2.1 causal video VAE).
+"""Streaming decode and encode for diffusers' ``AutoencoderKLWan`` (the Wan2.1 causal video VAE).
 
 ``AutoencoderKLWan.decode`` walks the latent video one frame at a time through causal 3D
 convolutions, keeping each convolution's last input frames in a feature cache, and clears that
 cache at the start and end of every call. A rollout that decodes block after block therefore cannot
 use it directly. Here the caller owns the cache (``DecoderState``) and passes it in, so decoding a
 video block by block runs exactly the same per-frame computation as decoding it whole: the first
-latent frame becomes 1 video frame, every later one 4 (Wan's temporal stride).
+latent frame becomes 1 video frame, every later one 4 (Wan's temporal stride). ``StreamingEncoder``
+does the same for ``AutoencoderKLWan.encode``, which takes the first video frame alone and then
+chunks of 4.
 """
 
 from __future__ import annotations
@@ -27,8 +29,18 @@ class DecoderState:
     latent_frames: int = 0
 
 
-class StreamingDecoder:
-    """Decode normalised latents block by block with an explicit causal cache."""
+@dataclass
+class EncoderState:
+    """The encoder's causal feature cache and how many video frames it has seen."""
+
+    feature_cache: list = field(default_factory=list)
+    video_frames: int = 0
+
+
+class _Streaming:
+    """A Wan VAE with the per-channel normalisation of its latents."""
+
+    part = ""  # "encoder" or "decoder": whose causal convolutions the cache holds
 
     def __init__(
         self, vae: AutoencoderKLWan, latents_mean: Sequence[float], latents_std: Sequence[float]
@@ -43,7 +55,44 @@ class StreamingDecoder:
         self.vae = vae
         self.mean = torch.tensor(latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        self._num_convs = vae._cached_conv_counts["decoder"]
+        self._num_convs = vae._cached_conv_counts[self.part]
+
+
+class StreamingEncoder(_Streaming):
+    """Encode video chunk by chunk to normalised latent means with an explicit causal cache."""
+
+    part = "encoder"
+
+    def new_state(self) -> EncoderState:
+        """A fresh cache for a new video."""
+        return EncoderState(feature_cache=[None] * self._num_convs)
+
+    @torch.no_grad()
+    def encode(self, video: Tensor, state: EncoderState) -> Tensor:
+        """Video (B, 3, T, H, W) in [-1, 1] to normalised latent means; updates `state`.
+
+        A video's first call takes 1 + 4k frames (the first frame is coded alone), every later one 4k.
+        """
+        vae, frames = self.vae, video.shape[2]
+        lead = 1 if state.video_frames == 0 else 0
+        if frames < lead or (frames - lead) % 4:
+            what = "1 + a multiple of 4" if lead else "a multiple of 4"
+            raise ValueError(f"the encoder takes {what} video frames here, got {frames}")
+        x = video.to(vae.quant_conv.weight.dtype)
+        chunks = [x[:, :, :lead]] if lead else []
+        chunks += [x[:, :, i : i + 4] for i in range(lead, frames, 4)]
+        out = []
+        for chunk in chunks:
+            out.append(vae.encoder(chunk, feat_cache=state.feature_cache, feat_idx=[0]))
+            state.video_frames += chunk.shape[2]
+        mu = vae.quant_conv(torch.cat(out, dim=2)).float()[:, : vae.config.z_dim]
+        return (mu - self.mean.to(mu.device)) / self.std.to(mu.device)
+
+
+class StreamingDecoder(_Streaming):
+    """Decode normalised latents block by block with an explicit causal cache."""
+
+    part = "decoder"
 
     @property
     def temporal_stride(self) -> int:

@@ -1,4 +1,4 @@
-"""Streaming decode of a rollout equals diffusers' one-shot AutoencoderKLWan.decode."""
+"""Streaming decode and encode of a rollout equal diffusers' one-shot AutoencoderKLWan.decode/encode."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.streaming_vae import StreamingDecoder, to_uint8_frames
+from models.streaming_vae import StreamingDecoder, StreamingEncoder, to_uint8_frames
 from tests.conftest import LATENTS_MEAN, LATENTS_STD, tiny_vae
 
 
@@ -32,6 +32,37 @@ def test_streaming_decode_equals_one_shot_decode(split: list[int]) -> None:
     assert torch.equal(to_uint8_frames(streamed), to_uint8_frames(whole))
     assert decoder.video_frames(split[0], first=True) == parts[0].shape[2]
     assert decoder.video_frames(split[1], first=False) == parts[1].shape[2]
+
+
+@pytest.mark.parametrize("split", [[1, 12, 12], [9, 4, 8], [21]])
+def test_streaming_encode_equals_one_shot_encode(split: list[int]) -> None:
+    vae = tiny_vae()
+    encoder = StreamingEncoder(vae, LATENTS_MEAN, LATENTS_STD)
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, sum(split), 32, 32) * 2 - 1
+    mean = torch.tensor(LATENTS_MEAN).view(1, -1, 1, 1, 1)
+    std = torch.tensor(LATENTS_STD).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        whole = (vae.encode(video).latent_dist.mean - mean) / std  # diffusers' own encode
+
+    state = encoder.new_state()
+    parts, start = [], 0
+    for size in split:
+        parts.append(encoder.encode(video[:, :, start : start + size], state))
+        start += size
+    streamed = torch.cat(parts, dim=2)
+    assert streamed.shape == whole.shape == (1, 4, 1 + (sum(split) - 1) // 4, 8, 8)
+    torch.testing.assert_close(streamed, whole, atol=1e-6, rtol=0)
+
+
+def test_encoder_refuses_frame_counts_off_its_chunks() -> None:
+    encoder = StreamingEncoder(tiny_vae(), LATENTS_MEAN, LATENTS_STD)
+    state = encoder.new_state()
+    with pytest.raises(ValueError, match="1 \\+ a multiple of 4 video frames here, got 4"):
+        encoder.encode(torch.zeros(1, 3, 4, 32, 32), state)
+    encoder.encode(torch.zeros(1, 3, 5, 32, 32), state)
+    with pytest.raises(ValueError, match="a multiple of 4 video frames here, got 5"):
+        encoder.encode(torch.zeros(1, 3, 5, 32, 32), state)
 
 
 def test_decoder_rejects_mismatched_normalisation() -> None:
