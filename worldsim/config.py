@@ -126,8 +126,8 @@ PRESETS: dict[str, ArchitecturePreset] = {
     "tiny": ArchitecturePreset(
         transformer=dict(
             patch_size=(1, 2, 2),
-            num_attention_heads=4,
-            attention_head_dim=32,
+            num_attention_heads=2,
+            attention_head_dim=64,
             in_channels=16,
             out_channels=16,
             text_dim=384,
