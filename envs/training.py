@@ -70,7 +70,7 @@ class TrainConfig:
     # stage 1: VAE
     vae_steps: int = 1600
     vae_batch: int = 4
-    vae_clip_frames: int = 9
+    vae_clip_frames: int = 9  # 1 + 4k video frames
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_edge_weight: float = 1.0  # L1 between image gradients, against blur
@@ -238,6 +238,8 @@ def edge_loss(recon: Tensor, video: Tensor) -> Tensor:
 
 def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
     """Train (or resume, or load the finished) tiny VAE."""
+    if config.vae_clip_frames < 1 or (config.vae_clip_frames - 1) % 4:
+        raise ValueError(f"vae_clip_frames must be 1 + a multiple of 4, got {config.vae_clip_frames}")
     final = run / "vae"
     checkpoint_path = run / "vae.ckpt"
     state = load_checkpoint(checkpoint_path)  # a finished stage skips the loop and re-exports
@@ -252,11 +254,12 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
         start, seconds = state["step"], state.get("seconds", 0.0)
     clock = time.perf_counter()
     engine = spec.engine
-    clip_blocks = 1  # a block of 9 video frames -> 3 latent frames
+    # episodes long enough to hold a clip at any of several starts: 12 video frames a block after the first 9
+    blocks = 2 + max(0, math.ceil((config.vae_clip_frames - 9) / (4 * engine.block_frames)))
     bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="vae", unit="step")
     for step in bar:
         rng, noise = step_generators(config.seed, 1, step)
-        episodes = [make_episode(rng, config, clip_blocks + 1, engine) for _ in range(config.vae_batch)]
+        episodes = [make_episode(rng, config, blocks, engine) for _ in range(config.vae_batch)]
         starts = [
             int(rng.integers(0, (len(e.frames) - config.vae_clip_frames) // 4 + 1)) * 4 for e in episodes
         ]

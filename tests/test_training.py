@@ -6,10 +6,11 @@ import itertools
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from envs.probes import biome_of
-from envs.training import TrainConfig, load_checkpoint, make_episode, own_prediction, train
+from envs.training import TrainConfig, load_checkpoint, make_episode, own_prediction, train, train_vae
 from worldsim.config import PRESETS
 from worldsim.world import random_world
 
@@ -43,6 +44,14 @@ def test_a_warm_up_prepends_latent_frames_of_the_first_prompt_and_changes_no_dra
     assert np.array_equal(warm.frames[0], plain.frames[0])  # the same world, from the same place
     assert plain.prompts[0].endswith("walking north")  # so the clip starts further north
     assert not np.array_equal(warm.frames[4 * 5], plain.frames[0])
+
+
+def test_vae_trains_on_clips_longer_than_two_blocks_and_refuses_odd_lengths(tmp_path) -> None:
+    config = small(tmp_path, tmp_path / "bundle", vae_steps=1, vae_batch=1, vae_clip_frames=33)
+    train_vae(config, tmp_path)
+    assert load_checkpoint(tmp_path / "vae.ckpt")["step"] == 1
+    with pytest.raises(ValueError, match="1 \\+ a multiple of 4, got 32"):
+        train_vae(small(tmp_path, tmp_path / "bundle", vae_clip_frames=32), tmp_path)
 
 
 def test_train_writes_a_bundle_that_loads_and_plays(tmp_path) -> None:
