@@ -75,7 +75,7 @@ class StreamingEncoder(_Streaming):
         """
         vae, frames = self.vae, video.shape[2]
         lead = 1 if state.video_frames == 0 else 0
-        if frames < lead or (frames - lead) % 4:
+        if frames == 0 or (frames - lead) % 4:
             what = "1 + a multiple of 4" if lead else "a multiple of 4"
             raise ValueError(f"the encoder takes {what} video frames here, got {frames}")
         x = video.to(vae.quant_conv.weight.dtype)

@@ -61,8 +61,9 @@ def test_encoder_refuses_frame_counts_off_its_chunks() -> None:
     with pytest.raises(ValueError, match="1 \\+ a multiple of 4 video frames here, got 4"):
         encoder.encode(torch.zeros(1, 3, 4, 32, 32), state)
     encoder.encode(torch.zeros(1, 3, 5, 32, 32), state)
-    with pytest.raises(ValueError, match="a multiple of 4 video frames here, got 5"):
-        encoder.encode(torch.zeros(1, 3, 5, 32, 32), state)
+    for frames in (5, 0):
+        with pytest.raises(ValueError, match=f"a multiple of 4 video frames here, got {frames}"):
+            encoder.encode(torch.zeros(1, 3, frames, 32, 32), state)
 
 
 def test_decoder_rejects_mismatched_normalisation() -> None:
