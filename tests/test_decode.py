@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -10,22 +12,28 @@ from models.streaming_vae import StreamingDecoder, StreamingEncoder, to_uint8_fr
 from tests.conftest import LATENTS_MEAN, LATENTS_STD, tiny_vae
 
 
+def normalisation() -> tuple[torch.Tensor, torch.Tensor]:
+    """The test VAE's per-channel latent mean and std, shaped to broadcast over (B, C, T, h, w)."""
+    return tuple(torch.tensor(v).view(1, -1, 1, 1, 1) for v in (LATENTS_MEAN, LATENTS_STD))
+
+
+def in_parts(stream, video: torch.Tensor, split: list[int], state) -> list[torch.Tensor]:
+    """`stream` applied to consecutive chunks of `video` along time, sized by `split`, sharing `state`."""
+    bounds = itertools.accumulate(split, initial=0)
+    return [stream(video[:, :, a:b], state) for a, b in itertools.pairwise(bounds)]
+
+
 @pytest.mark.parametrize("split", [[1, 3, 3, 3], [3, 3, 3, 1], [2, 5, 1, 2]])
 def test_streaming_decode_equals_one_shot_decode(split: list[int]) -> None:
     vae = tiny_vae()
     decoder = StreamingDecoder(vae, LATENTS_MEAN, LATENTS_STD)
     torch.manual_seed(0)
     latents = torch.randn(1, 4, sum(split), 8, 8)
-    mean = torch.tensor(LATENTS_MEAN).view(1, -1, 1, 1, 1)
-    std = torch.tensor(LATENTS_STD).view(1, -1, 1, 1, 1)
+    mean, std = normalisation()
     with torch.no_grad():
         whole = vae.decode(latents * std + mean).sample  # diffusers' own decode, cache cleared per call
 
-    state = decoder.new_state()
-    parts, start = [], 0
-    for size in split:
-        parts.append(decoder.decode(latents[:, :, start : start + size], state))
-        start += size
+    parts = in_parts(decoder.decode, latents, split, decoder.new_state())
     streamed = torch.cat(parts, dim=2)
     assert streamed.shape == whole.shape == (1, 3, 1 + (sum(split) - 1) * 4, 32, 32)
     torch.testing.assert_close(streamed, whole, atol=1e-6, rtol=0)
@@ -40,17 +48,11 @@ def test_streaming_encode_equals_one_shot_encode(split: list[int]) -> None:
     encoder = StreamingEncoder(vae, LATENTS_MEAN, LATENTS_STD)
     torch.manual_seed(0)
     video = torch.rand(1, 3, sum(split), 32, 32) * 2 - 1
-    mean = torch.tensor(LATENTS_MEAN).view(1, -1, 1, 1, 1)
-    std = torch.tensor(LATENTS_STD).view(1, -1, 1, 1, 1)
+    mean, std = normalisation()
     with torch.no_grad():
         whole = (vae.encode(video).latent_dist.mean - mean) / std  # diffusers' own encode
 
-    state = encoder.new_state()
-    parts, start = [], 0
-    for size in split:
-        parts.append(encoder.encode(video[:, :, start : start + size], state))
-        start += size
-    streamed = torch.cat(parts, dim=2)
+    streamed = torch.cat(in_parts(encoder.encode, video, split, encoder.new_state()), dim=2)
     assert streamed.shape == whole.shape == (1, 4, 1 + (sum(split) - 1) // 4, 8, 8)
     torch.testing.assert_close(streamed, whole, atol=1e-6, rtol=0)
 
