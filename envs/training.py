@@ -48,7 +48,7 @@ from worldsim.cache import frames_to_keep
 from worldsim.config import PRESETS, EngineConfig
 from worldsim.positions import block_positions
 from worldsim.sampler import shifted_sigma
-from worldsim.world import BUILTIN_BUNDLES, save_bundle
+from worldsim.world import BUILTIN_BUNDLES, load_vae_folder, save_bundle
 
 SCENARIO_FILE = Path(__file__).resolve().parent / "tiny_scenario.toml"
 
@@ -74,6 +74,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_edge_weight: float = 1.0  # L1 between image gradients, against blur
+    vae_from: str = ""  # a trained VAE folder (diffusers layout) to use instead of training stage 1
     # latent data set
     dataset_clips: int = 2000
     # latent frames encoded before each clip and dropped: the causal VAE encoder's codes settle only
@@ -89,6 +90,9 @@ class TrainConfig:
     sampler_sigma_share: float = 0.25  # share of noise levels drawn from the sampler's own steps
     text_dropout: float = 0.1  # share of blocks trained on the empty prompt (for guidance)
     self_context: float = 0.75  # share of cached blocks that are the model's own estimate (own_prediction)
+    # initial weight of the self-attention query/key RMS norms: attention logits start this squared times
+    # larger, so attention can be sharp enough to copy one token out of a window from the start
+    qk_norm_init: float = 1.0
     # how the bundle samples (its engine settings); training favours these noise levels
     sampling_steps: int = 6  # denoising steps, evenly spaced timesteps from 1000
     sampling_shift: float = 3.0
@@ -242,6 +246,14 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
         raise ValueError(f"vae_clip_frames must be 1 + a multiple of 4, got {config.vae_clip_frames}")
     final = run / "vae"
     checkpoint_path = run / "vae.ckpt"
+    if config.vae_from:  # copied into the run folder once, so the run stays whole if the source changes
+        if checkpoint_path.is_file():
+            raise ValueError(
+                f"{run} trained a VAE of its own ({checkpoint_path}); drop --vae-from or use a new run"
+            )
+        vae = load_vae_folder(final if (final / "config.json").is_file() else Path(config.vae_from))
+        vae.save_pretrained(final, safe_serialization=True)
+        return vae.to(config.device).eval()
     state = load_checkpoint(checkpoint_path)  # a finished stage skips the loop and re-exports
     spec = PRESETS["tiny"]
     torch.manual_seed(config.seed)
@@ -320,7 +332,8 @@ def build_dataset(
     there a walk shifts the latents, while in the first latent frames it does not.
     """
     latents_file, clips_file = run / "latents.safetensors", run / "clips.json"
-    vae_step, warmup = config.vae_steps, config.dataset_warmup_latents
+    vae_step = f"from {config.vae_from}" if config.vae_from else config.vae_steps
+    warmup = config.dataset_warmup_latents
     if latents_file.is_file() and clips_file.is_file():
         meta = json.loads(clips_file.read_text())
         fresh = meta.get("vae_step") == vae_step and meta.get("warmup_latents", 0) == warmup
@@ -475,6 +488,10 @@ def train_transformer(
         raise ValueError("training assumes a KV Flush keeps the whole cache (kept = sink + flush_keep)")
     torch.manual_seed(config.seed)
     transformer = WanTransformer3DModel(**spec.transformer).to(config.device)
+    with torch.no_grad():
+        for block in transformer.blocks:
+            block.attn1.norm_q.weight.fill_(config.qk_norm_init)
+            block.attn1.norm_k.weight.fill_(config.qk_norm_init)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     model = CausalWanTransformer(transformer)
     optimizer = torch.optim.AdamW(
@@ -615,7 +632,8 @@ def model_card(
         ("data", f"procedural episodes from seed {config.seed}: {config.dataset_clips} clips of "
          f"{config.clip_blocks} blocks for the transformer, each encoded after "
          f"{config.dataset_warmup_latents} latent frames of warm-up; fresh episodes every VAE step"),
-        ("VAE training", f"{vae_steps} steps, batch {config.vae_batch}, "
+        ("VAE training", f"reused from `{config.vae_from}` (not trained in this run)" if config.vae_from
+         else f"{vae_steps} steps, batch {config.vae_batch}, "
          f"L1 + MSE + {config.vae_edge_weight:g} edge L1 + {config.vae_kl_weight:g} KL; "
          f"last PSNR {psnr:.1f} dB; "
          f"{vae_seconds / 60:.0f} min recorded"),

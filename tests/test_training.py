@@ -130,3 +130,29 @@ def test_own_prediction_replaces_the_chosen_share_of_blocks_by_a_one_step_estima
     mixed = run(0.5, 0.4)
     assert [torch.equal(mixed[b], estimate[b]) for b in range(4)] == [True, True, False, True]
     assert torch.equal(mixed[2], clean[2])
+
+
+def test_a_run_can_reuse_a_trained_vae_and_refuses_one_that_trained_its_own(tmp_path) -> None:
+    source, run = tmp_path / "source", tmp_path / "reuse"
+    source.mkdir(), run.mkdir()
+    trained = train_vae(small(source, tmp_path / "b0", vae_steps=1, vae_batch=1), source)
+    reused = train_vae(small(run, tmp_path / "b1", vae_from=str(source / "vae")), run)
+    assert not (run / "vae.ckpt").exists() and (run / "vae" / "config.json").is_file()
+    for (name, a), b in zip(trained.state_dict().items(), reused.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    shutil.rmtree(source / "vae")  # the run keeps its own copy
+    train_vae(small(run, tmp_path / "b1", vae_from=str(source / "vae")), run)
+    with pytest.raises(ValueError, match="trained a VAE of its own"):
+        train_vae(small(source, tmp_path / "b0", vae_from=str(run / "vae")), source)
+
+
+def test_qk_norm_init_sets_every_self_attention_norm(tmp_path) -> None:
+    config = small(tmp_path / "run", tmp_path / "bundle", steps=0, qk_norm_init=2.5)
+    bundle = train(config)  # no step: the bundle holds the initial weights
+    import worldsim
+
+    transformer = worldsim.load(bundle).model.transformer
+    for block in transformer.blocks:
+        for norm in (block.attn1.norm_q, block.attn1.norm_k):
+            assert torch.all(norm.weight == 2.5)
+        assert not torch.all(block.attn2.norm_q.weight == 2.5)

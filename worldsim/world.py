@@ -205,7 +205,7 @@ def _load_bundle(
     )
     if checkpoint is not None:
         load_generator_checkpoint(transformer, checkpoint)
-    vae = _load_vae(folder / spec["vae"])
+    vae = load_vae_folder(folder / spec["vae"])
     text = _text_encoder(spec["text_encoder"], folder, device)
     mean = spec.get("latents_mean", vae.config.latents_mean)
     std = spec.get("latents_std", vae.config.latents_std)
@@ -237,7 +237,7 @@ def _load_wan_pipeline(
     transformer = load_diffusers_transformer(folder / "transformer", torch_dtype=torch.float32)
     if checkpoint is not None:
         load_generator_checkpoint(transformer, checkpoint)
-    vae = _load_vae(folder / "vae")
+    vae = load_vae_folder(folder / "vae")
     text = _umt5(folder / "text_encoder", folder / "tokenizer", device=device, dtype=dtype)
     spec = PRESETS["wan-1.3b"]
     return assemble_world(
@@ -246,7 +246,8 @@ def _load_wan_pipeline(
     )  # fmt: skip
 
 
-def _load_vae(folder: Path) -> AutoencoderKLWan:
+def load_vae_folder(folder: Path) -> AutoencoderKLWan:
+    """An ``AutoencoderKLWan`` from a diffusers folder, in float32; BundleError if it is missing or broken."""
     if not (folder / "config.json").is_file():
         raise BundleError(
             f"no VAE at {folder} (expected a diffusers AutoencoderKLWan folder with config.json)"
