@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
 from models.causal_wan import CausalWanTransformer, LayerKV, TextContext
+from models.checkpoint import load_diffusers_transformer
 from models.streaming_vae import from_uint8_frames
 from models.text import MiniLMTextEncoder
 from worldsim.cache import frames_to_keep
@@ -93,6 +94,9 @@ class TrainConfig:
     # initial weight of the self-attention query/key RMS norms: attention logits start this squared times
     # larger, so attention can be sharp enough to copy one token out of a window from the start
     qk_norm_init: float = 1.0
+    # a trained transformer folder (diffusers layout) to start from instead of random weights: a fine-tune
+    # that keeps what it learned (its EMA starts from it too; qk_norm_init does not apply)
+    transformer_from: str = ""
     # how the bundle samples (its engine settings); training favours these noise levels
     sampling_steps: int = 6  # denoising steps, evenly spaced timesteps from 1000
     sampling_shift: float = 3.0
@@ -475,6 +479,21 @@ def own_prediction(
     return torch.where(mine, estimate, clean)
 
 
+def start_from(transformer: WanTransformer3DModel, folder: Path) -> None:
+    """Fill a freshly built transformer with the weights of a trained one of the same architecture."""
+    trained = load_diffusers_transformer(folder)
+    plain = lambda value: json.loads(json.dumps(value))  # noqa: E731  (lists and tuples alike)
+    mismatched = {
+        key: (value, trained.config.get(key))
+        for key, value in transformer.config.items()
+        if not key.startswith("_") and plain(trained.config.get(key)) != plain(value)
+    }
+    if mismatched:
+        detail = ", ".join(f"{k}: {theirs} (expected {ours})" for k, (ours, theirs) in mismatched.items())
+        raise ValueError(f"cannot start from {folder}: another architecture ({detail})")
+    transformer.load_state_dict(trained.state_dict(), strict=True)
+
+
 def train_transformer(
     config: TrainConfig, run: Path, latents: Tensor, clips: list[dict[str, Any]]
 ) -> WanTransformer3DModel:
@@ -488,10 +507,13 @@ def train_transformer(
         raise ValueError("training assumes a KV Flush keeps the whole cache (kept = sink + flush_keep)")
     torch.manual_seed(config.seed)
     transformer = WanTransformer3DModel(**spec.transformer).to(config.device)
-    with torch.no_grad():
-        for block in transformer.blocks:
-            block.attn1.norm_q.weight.fill_(config.qk_norm_init)
-            block.attn1.norm_k.weight.fill_(config.qk_norm_init)
+    if config.transformer_from:
+        start_from(transformer, Path(config.transformer_from))
+    else:
+        with torch.no_grad():
+            for block in transformer.blocks:
+                block.attn1.norm_q.weight.fill_(config.qk_norm_init)
+                block.attn1.norm_k.weight.fill_(config.qk_norm_init)
     ema = copy.deepcopy(transformer).requires_grad_(False)
     model = CausalWanTransformer(transformer)
     optimizer = torch.optim.AdamW(

@@ -156,3 +156,22 @@ def test_qk_norm_init_sets_every_self_attention_norm(tmp_path) -> None:
         for norm in (block.attn1.norm_q, block.attn1.norm_k):
             assert torch.all(norm.weight == 2.5)
         assert not torch.all(block.attn2.norm_q.weight == 2.5)
+
+
+def test_a_run_can_start_from_a_trained_transformer_of_the_same_architecture(tmp_path) -> None:
+    from diffusers import WanTransformer3DModel
+
+    from envs.training import start_from
+
+    world = random_world("tiny", seed=3)
+    trained = world.model.transformer
+    folder = tmp_path / "trained"
+    trained.save_pretrained(folder)
+    fresh = WanTransformer3DModel(**PRESETS["tiny"].transformer)
+    start_from(fresh, folder)
+    for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    wider = WanTransformer3DModel(**{**PRESETS["tiny"].transformer, "ffn_dim": 256})
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(ValueError, match="another architecture \\(ffn_dim: 256 \\(expected 512\\)\\)"):
+        start_from(fresh, tmp_path / "wider")
