@@ -1,8 +1,9 @@
 """The README's picture: one rollout of a world model with a prompt switch and a RoPE Cut.
 
-Nine blocks in three shots: a day walk east, a switch to night (a prompt change, so a KV Flush),
-then a cut to the desert walking north (a RoPE Cut). Each shot is a row of the model's frames with
-the ground-truth world under the same commands beneath it.
+Three shots of nine latent frames each (three blocks of three, or nine blocks of one): a day walk
+east, a switch to night (a prompt change, so a KV Flush), then a cut to the desert walking north (a
+RoPE Cut). Each shot is a row of twelve evenly spaced frames of the model with the ground-truth world
+under the same commands beneath it.
 
     python -m envs.figure --model tiny --out docs/rollout.png
 """
@@ -24,39 +25,37 @@ SHOTS = (
     ("meadow", "night", "east", False, "prompt switch (KV Flush): night"),
     ("desert", "night", "north", True, "RoPE Cut: desert, walking north"),
 )
-BLOCKS_PER_SHOT = 3
-FRAMES_PER_BLOCK = 4  # frames shown of each block, evenly spaced
+SHOT_LATENT_FRAMES = 9  # each shot: 9 latent frames (3 blocks of 3, or 9 blocks of 1)
+COLUMNS = 12  # frames shown of each shot, evenly spaced
 
 
-def shot_frames(rollout: Rollout, seed: int) -> list[list[np.ndarray]]:
+def shot_frames(rollout: Rollout, seed: int, blocks_per_shot: int) -> list[list[np.ndarray]]:
     """Per shot, the shown frames of its blocks, in order."""
     rollout.start(*SHOTS[0][:3], seed=seed)
     shots = []
     for biome, condition, action, cut, _ in SHOTS:
-        frames = []
-        for block in range(BLOCKS_PER_SHOT):
-            video = rollout.step(biome, condition, action, cut=cut and block == 0)
-            frames += [video[i] for i in np.linspace(0, len(video) - 1, FRAMES_PER_BLOCK).astype(int)]
-        shots.append(frames)
+        blocks = [rollout.step(biome, condition, action, cut=cut and b == 0) for b in range(blocks_per_shot)]
+        video = np.concatenate(blocks)
+        shots.append([video[i] for i in np.linspace(0, len(video) - 1, COLUMNS).round().astype(int)])
     return shots
 
 
 def rollout_figure(world: World, seed: int = 0, scale: int = 2) -> Image.Image:
     """The picture: per shot, a labelled row of model frames over a row of ground-truth frames."""
     model, truth = ModelRollout(world), TruthRollout(*block_frame_counts(world))
-    rows = zip(shot_frames(model, seed), shot_frames(truth, seed), strict=True)
+    blocks = max(1, SHOT_LATENT_FRAMES // world.config.block_frames)
+    rows = zip(shot_frames(model, seed, blocks), shot_frames(truth, seed, blocks), strict=True)
     tile, pad, label = world.height * scale, 4, 16
-    columns = BLOCKS_PER_SHOT * FRAMES_PER_BLOCK
-    width = columns * tile + (columns - 1) * pad
+    width = COLUMNS * tile + (COLUMNS - 1) * pad
     height = len(SHOTS) * (label + 2 * tile + 2 * pad)
     image = Image.new("RGB", (width, height), (24, 24, 28))
     draw = ImageDraw.Draw(image)
     y = 0
     for index, (model_frames, truth_frames) in enumerate(rows):
-        first_block = index * BLOCKS_PER_SHOT
+        first_block = index * blocks
         title = SHOTS[index][4]
-        draw.text((4, y + 2), f"blocks {first_block}-{first_block + 2}: {title}  (top: model, bottom: world)",
-                  fill=(235, 235, 235))  # fmt: skip
+        draw.text((4, y + 2), f"blocks {first_block}-{first_block + blocks - 1}: {title}  "
+                  "(top: model, bottom: world)", fill=(235, 235, 235))  # fmt: skip
         y += label
         for frames in (model_frames, truth_frames):
             for column, frame in enumerate(frames):

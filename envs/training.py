@@ -44,7 +44,7 @@ from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldC
 from models.causal_wan import CausalWanTransformer, LayerKV, TextContext
 from models.checkpoint import load_diffusers_transformer
 from models.streaming_vae import from_uint8_frames
-from models.text import MiniLMTextEncoder
+from models.text import MiniLMTextEncoder, Whitening
 from worldsim.cache import frames_to_keep
 from worldsim.config import PRESETS, EngineConfig
 from worldsim.positions import block_positions
@@ -52,6 +52,9 @@ from worldsim.sampler import shifted_sigma
 from worldsim.world import BUILTIN_BUNDLES, load_vae_folder, save_bundle
 
 SCENARIO_FILE = Path(__file__).resolve().parent / "tiny_scenario.toml"
+# Training clips are played in blocks of this many latent frames: prompts change and cuts happen only
+# at their borders (the tiny preset's block size).
+CLIP_BLOCK_FRAMES = PRESETS["tiny"].engine.block_frames
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,13 @@ class TrainConfig:
     # a trained transformer folder (diffusers layout) to start from instead of random weights: a fine-tune
     # that keeps what it learned (its EMA starts from it too; qk_norm_init does not apply)
     transformer_from: str = ""
+    # whiten the frozen text states against the training prompts (models.text.Whitening), so that
+    # prompts differing in one word (the action) are told apart from the first step
+    text_whitening: bool = False
+    # the model's blocks and cache window (its engine settings); clips change prompt or cut only every
+    # CLIP_BLOCK_FRAMES latent frames, so block_frames must divide that
+    block_frames: int = 3
+    window_frames: int = 6
     # how the bundle samples (its engine settings); training favours these noise levels
     sampling_steps: int = 6  # denoising steps, evenly spaced timesteps from 1000
     sampling_shift: float = 3.0
@@ -122,14 +132,26 @@ def train(config: TrainConfig) -> Path:
 
 def bundle_engine(config: TrainConfig) -> EngineConfig:
     """The engine settings the bundle ships: the tiny preset's, with the run's sampling schedule."""
-    engine = PRESETS["tiny"].engine
+    if CLIP_BLOCK_FRAMES % config.block_frames:
+        raise ValueError(
+            f"block_frames ({config.block_frames}) must divide the clips' {CLIP_BLOCK_FRAMES}-frame blocks"
+        )
     steps = config.sampling_steps
-    return engine.replace(
+    return PRESETS["tiny"].engine.replace(
+        block_frames=config.block_frames,
+        window_frames=config.window_frames,
         denoising_steps=[round(1000 * (steps - i) / steps) for i in range(steps)],
         shift=config.sampling_shift,
         guidance_scale=config.guidance_scale,
-        training_horizon_frames=engine.window_frames,
+        training_horizon_frames=config.window_frames,
     )
+
+
+def per_model_block(prompts: Sequence[str], cuts: Sequence[bool], block_frames: int) -> tuple[list, list]:
+    """A clip's prompts and cuts, given per clip block, as one entry per model block of `block_frames`."""
+    repeat = CLIP_BLOCK_FRAMES // block_frames
+    expanded_cuts = [bool(cut) and i == 0 for cut in cuts for i in range(repeat)]  # a cut starts its block
+    return [p for p in prompts for _ in range(repeat)], expanded_cuts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +516,19 @@ def start_from(transformer: WanTransformer3DModel, folder: Path) -> None:
     transformer.load_state_dict(trained.state_dict(), strict=True)
 
 
+WHITENING_FILE = "text_whitening.safetensors"
+
+
+def text_whitening(run: Path, table: Tensor) -> Whitening:
+    """The run's text whitening: fitted to the prompts' states once, then read back on every resume."""
+    path = run / WHITENING_FILE
+    if path.is_file():
+        return Whitening.load(path)
+    whitening = Whitening.fit(table.cpu())
+    whitening.save(path)
+    return whitening
+
+
 def train_transformer(
     config: TrainConfig, run: Path, latents: Tensor, clips: list[dict[str, Any]]
 ) -> WanTransformer3DModel:
@@ -530,6 +565,8 @@ def train_transformer(
     prompts = ["", *sorted({p for clip in clips for p in clip["prompts"]})]  # row 0: the empty prompt
     row = {p: i for i, p in enumerate(prompts)}
     table = torch.cat([encoder.encode(p) for p in prompts]).to(config.device)  # (P, L, dim)
+    if config.text_whitening:
+        table = text_whitening(run, table).apply(table)
     sigma_choices = torch.tensor([shifted_sigma(t, engine.shift) for t in engine.denoising_steps])
 
     clock = time.perf_counter()
@@ -538,11 +575,12 @@ def train_transformer(
         rng, noise = step_generators(config.seed, 3, step)
         index = rng.choice(len(clips), size=config.batch, replace=False)
         batch_latents = latents[torch.from_numpy(index)].float().to(config.device)
-        text_rows = torch.tensor([[row[p] for p in clips[i]["prompts"]] for i in index])
+        blocks = [per_model_block(clips[i]["prompts"], clips[i]["cuts"], engine.block_frames) for i in index]
+        text_rows = torch.tensor([[row[p] for p in block_prompts] for block_prompts, _ in blocks])
         dropped = torch.from_numpy(rng.random(text_rows.shape) < config.text_dropout)
         text_rows = text_rows.masked_fill(dropped, row[""])
         text_states = table[text_rows]  # (B, blocks, L, dim)
-        cuts = [clips[i]["cuts"] for i in index]
+        cuts = [block_cuts for _, block_cuts in blocks]
         loss = rollout_loss(
             model,
             batch_latents,
@@ -599,11 +637,14 @@ def export_bundle(
 ) -> Path:
     """Write the trained bundle: weights, worldsim.json, the scenario and the training record."""
     bundle = Path(config.bundle_dir)
+    text_spec: dict[str, Any] = {"kind": "minilm", "max_length": PRESETS["tiny"].text_length}
+    if config.text_whitening:
+        text_spec["whitening"] = WHITENING_FILE
     save_bundle(
         bundle,
         transformer,
         vae,
-        {"kind": "minilm", "max_length": PRESETS["tiny"].text_length},
+        text_spec,
         engine,
         PRESETS["tiny"].height,
         PRESETS["tiny"].width,
@@ -613,6 +654,8 @@ def export_bundle(
         extra={"scenario": "scenario.toml"},
     )
     shutil.copyfile(SCENARIO_FILE, bundle / "scenario.toml")
+    if config.text_whitening:
+        shutil.copyfile(run / WHITENING_FILE, bundle / WHITENING_FILE)
     shutil.copyfile(run / "train_config.json", bundle / "train_config.json")
     if (run / "log.jsonl").is_file():
         shutil.copyfile(run / "log.jsonl", bundle / "train_log.jsonl")
@@ -637,6 +680,7 @@ def model_card(
         for line in (run / "log.jsonl").read_text().splitlines():
             record = json.loads(line)
             last[record["stage"]] = record
+    engine = bundle_engine(config)
     params = {
         n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in (("dit", transformer), ("vae", vae))
     }
@@ -666,8 +710,13 @@ def model_card(
         ("sampling", f"guidance {config.guidance_scale:g} against the empty prompt; "
          "steps and shift as in the bundle's `worldsim.json`"),
         ("device", f"{config.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"),
-        ("training horizon", "6 latent frames seen together (the cache window): "
-         "positions 0-5, 42-47 after a cut"),
+        ("blocks", f"{engine.block_frames} latent frame{'s' if engine.block_frames > 1 else ''} a block "
+         f"({engine.block_frames * 4} video frames), a window of {engine.window_frames}, sink "
+         f"{engine.sink_frames}"),
+        ("training horizon", f"{engine.window_frames} latent frames seen together (the cache window): "
+         f"positions 0-{engine.window_frames - 1}, the block at "
+         f"{engine.kept_frames + engine.cut_delta}-{engine.window_frames - 1 + engine.cut_delta} "
+         "after a cut"),
     ]  # fmt: skip
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"""# tiny: the built-in world model
@@ -708,11 +757,17 @@ def register_cli(commands: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = type(getattr(defaults, field.name))
-        parser.add_argument(
-            flag, type=kind, default=getattr(defaults, field.name), help="(default: %(default)s)"
-        )
+        default = getattr(defaults, field.name)
+        kind = _parse_bool if isinstance(default, bool) else type(default)
+        parser.add_argument(flag, type=kind, default=default, help="(default: %(default)s)")
     parser.set_defaults(run=_run_cli)
+
+
+def _parse_bool(text: str) -> bool:
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return words[text.lower()]
 
 
 def _run_cli(args: argparse.Namespace) -> int:

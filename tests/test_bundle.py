@@ -522,3 +522,13 @@ def test_the_built_in_tiny_bundle_ships_loads_by_name_and_plays() -> None:
     assert world.scenario is not None and world.config.training_horizon_frames <= 21
     block = world.session("a sandy desert, at night, walking north").step()
     assert block.frames.shape == (9, 64, 64, 3)
+
+
+def test_missing_or_broken_text_whitening(copy: Path) -> None:
+    text = {"kind": "minilm", "whitening": "white.safetensors"}
+    edit_spec(copy, lambda spec: spec.update(text_encoder=text))
+    with pytest.raises(BundleError, match=r"the text whitening file .*white\.safetensors is missing"):
+        worldsim.load(copy)
+    (copy / "white.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(BundleError, match=r"cannot use the text whitening: .*white\.safetensors is not"):
+        worldsim.load(copy)

@@ -72,13 +72,13 @@ def test_train_writes_a_bundle_that_loads_and_plays(tmp_path) -> None:
 
 
 def test_readme_figure_shows_model_and_world_rows() -> None:
-    from envs.figure import BLOCKS_PER_SHOT, FRAMES_PER_BLOCK, SHOTS, rollout_figure
+    from envs.figure import COLUMNS, SHOTS, rollout_figure
     from worldsim.world import random_world
 
     world = random_world("tiny")
     image = np.asarray(rollout_figure(world, scale=1))
     tile = world.height
-    assert image.shape[1] == BLOCKS_PER_SHOT * FRAMES_PER_BLOCK * (tile + 4) - 4
+    assert image.shape[1] == COLUMNS * (tile + 4) - 4
     assert image.shape[0] == len(SHOTS) * (16 + 2 * (tile + 4))
     world_row = image[16 + tile + 4 : 16 + 2 * tile + 4, :tile]  # the ground truth under shot 1
     assert biome_of(world_row[None]) == "meadow"
@@ -175,3 +175,29 @@ def test_a_run_can_start_from_a_trained_transformer_of_the_same_architecture(tmp
     wider.save_pretrained(tmp_path / "wider")
     with pytest.raises(ValueError, match="another architecture \\(ffn_dim: 256 \\(expected 512\\)\\)"):
         start_from(fresh, tmp_path / "wider")
+
+
+def test_clip_prompts_and_cuts_expand_to_model_blocks_of_one_frame() -> None:
+    from envs.training import bundle_engine, per_model_block
+
+    prompts, cuts = per_model_block(["a", "b"], [False, True], 1)
+    assert prompts == ["a", "a", "a", "b", "b", "b"]
+    assert cuts == [False, False, False, True, False, False]  # a cut starts the first block of its clip block
+    assert per_model_block(["a", "b"], [False, True], 3) == (["a", "b"], [False, True])
+    engine = bundle_engine(TrainConfig(block_frames=1, window_frames=4))
+    assert (engine.block_frames, engine.window_frames, engine.training_horizon_frames) == (1, 4, 4)
+    with pytest.raises(ValueError, match="block_frames \\(2\\) must divide"):
+        bundle_engine(TrainConfig(block_frames=2))
+
+
+def test_train_command_reads_true_and_false() -> None:
+    import argparse
+
+    from envs.training import register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    assert parser.parse_args(["train", "--text-whitening", "true"]).text_whitening is True
+    assert parser.parse_args(["train", "--text-whitening", "false"]).text_whitening is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--text-whitening", "maybe"])

@@ -35,7 +35,15 @@ from safetensors import SafetensorError
 from models.causal_wan import FP32_MODULES, CausalWanTransformer, TextContext
 from models.checkpoint import load_diffusers_transformer, load_generator_checkpoint
 from models.streaming_vae import StreamingDecoder
-from models.text import CachedTextEncoder, HashTextEncoder, MiniLMTextEncoder, TextEncoder, UMT5TextEncoder
+from models.text import (
+    CachedTextEncoder,
+    HashTextEncoder,
+    MiniLMTextEncoder,
+    TextEncoder,
+    UMT5TextEncoder,
+    WhitenedTextEncoder,
+    Whitening,
+)
 from worldsim.config import PRESETS, EngineConfig
 from worldsim.session import Session
 
@@ -282,11 +290,20 @@ def _text_encoder(spec: dict[str, Any], folder: Path, device: str | torch.device
     if kind == "minilm":
         path = spec.get("path")
         try:
-            return MiniLMTextEncoder(
+            encoder: TextEncoder = MiniLMTextEncoder(
                 folder / path if path else None, max_length=int(spec.get("max_length", 16)), device=device
             )
         except (OSError, ValueError) as err:
             raise BundleError(f"cannot load the MiniLM text encoder: {err}") from err
+        if spec.get("whitening"):
+            whitening_path = folder / spec["whitening"]
+            if not whitening_path.is_file():
+                raise BundleError(f"the text whitening file {whitening_path} is missing")
+            try:
+                encoder = WhitenedTextEncoder(encoder, Whitening.load(whitening_path))
+            except ValueError as err:
+                raise BundleError(f"cannot use the text whitening: {err}") from err
+        return encoder
     raise BundleError(f"unknown text encoder kind {kind!r} (known: umt5, minilm, hash)")
 
 
