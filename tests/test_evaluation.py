@@ -50,3 +50,16 @@ def test_eval_rows_and_table(world) -> None:
 def test_eval_refuses_a_short_walk(capsys) -> None:
     assert main(["eval", "--frames", "10"]) == 2
     assert "--frames must be at least 100" in capsys.readouterr().err
+
+
+def test_motion_of_short_blocks_is_read_with_a_lead_in_from_the_block_before() -> None:
+    from envs.evaluation import action_following, with_lead_in
+    from envs.probes import MOTION_LAG
+
+    previous, frames = np.zeros((12, 2, 2, 3), np.uint8), np.ones((4, 2, 2, 3), np.uint8)
+    joined = with_lead_in(previous, frames)
+    assert len(joined) == MOTION_LAG + 4
+    assert np.all(joined[:MOTION_LAG] == 0) and np.all(joined[MOTION_LAG:] == 1)
+    assert with_lead_in(None, frames) is frames
+    # blocks of one latent frame: 1 video frame, then 4 a block; the world itself still reads exactly
+    assert action_following(TruthRollout(1, 4), episodes=6, seed=0) == 1.0

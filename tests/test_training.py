@@ -62,8 +62,10 @@ def test_train_writes_a_bundle_that_loads_and_plays(tmp_path) -> None:
         assert (bundle / name).is_file()
     world = worldsim.load(bundle)
     assert world.scenario is not None and world.text_encoder.dim == 384
-    block = world.session("a green meadow, bright daylight, walking north").step()
-    assert block.frames.shape == (9, 64, 64, 3)
+    session = world.session("a green meadow, bright daylight, walking north")
+    assert session.step().frames.shape == (1, 64, 64, 3)  # blocks of one latent frame
+    assert session.step().frames.shape == (4, 64, 64, 3)
+    assert (bundle / "text_whitening.safetensors").is_file()
     assert "| transformer training | 2 steps" in (bundle / "MODEL_CARD.md").read_text()
     config = TrainConfig()
     assert world.config.guidance_scale == config.guidance_scale
