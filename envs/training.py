@@ -684,11 +684,10 @@ def model_card(
     engine = bundle_engine(config)
     cut_first, cut_last = engine.kept_frames + engine.cut_delta, engine.window_frames - 1 + engine.cut_delta
     cut_span = f"{cut_first}" if cut_first == cut_last else f"{cut_first}-{cut_last}"
-    text = (
-        "whitened against the training prompts (`text_whitening.safetensors`), "
-        if config.text_whitening
-        else ""
-    )
+    guidance = "no guidance"
+    if config.guidance_scale > 1:
+        guidance = f"guidance {config.guidance_scale:g} against the empty prompt"
+    text = f"whitened against the training prompts (`{WHITENING_FILE}`), " if config.text_whitening else ""
     params = {
         n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in (("dit", transformer), ("vae", vae))
     }
@@ -715,8 +714,7 @@ def model_card(
          f"EMA {config.ema_decay}, empty prompt on {config.text_dropout:.0%} of blocks, "
          f"own estimate as context on {config.self_context:.0%}; "
          f"last loss {loss:.4f}; {dit_seconds / 60:.0f} min recorded"),
-        ("sampling", f"guidance {config.guidance_scale:g} against the empty prompt; "
-         "steps and shift as in the bundle's `worldsim.json`"),
+        ("sampling", f"{guidance}; steps and shift as in the bundle's `worldsim.json`"),
         ("device", f"{config.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"),
         ("blocks", f"{engine.block_frames} latent frame{'s' if engine.block_frames > 1 else ''} a block "
          f"({engine.block_frames * 4} video frames), a window of {engine.window_frames}, sink "
