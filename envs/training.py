@@ -43,7 +43,7 @@ from tqdm import tqdm
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
 from models.causal_wan import CausalWanTransformer, LayerKV, TextContext
 from models.checkpoint import load_diffusers_transformer
-from models.streaming_vae import from_uint8_frames
+from models.streaming_vae import from_uint8_frames, use_frame_convolutions
 from models.text import MiniLMTextEncoder, Whitening
 from worldsim.cache import frames_to_keep
 from worldsim.config import PRESETS, EngineConfig
@@ -280,11 +280,11 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
             )
         vae = load_vae_folder(final if (final / "config.json").is_file() else Path(config.vae_from))
         vae.save_pretrained(final, safe_serialization=True)
-        return vae.to(config.device).eval()
+        return use_frame_convolutions(vae).to(config.device).eval()
     state = load_checkpoint(checkpoint_path)  # a finished stage skips the loop and re-exports
     spec = PRESETS["tiny"]
     torch.manual_seed(config.seed)
-    vae = AutoencoderKLWan(**spec.vae).to(config.device)
+    vae = use_frame_convolutions(AutoencoderKLWan(**spec.vae)).to(config.device)  # faster on a CPU
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     start, seconds = 0, 0.0
     if state is not None:

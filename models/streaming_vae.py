@@ -8,6 +8,9 @@ video block by block runs exactly the same per-frame computation as decoding it 
 latent frame becomes 1 video frame, every later one 4 (Wan's temporal stride). ``StreamingEncoder``
 does the same for ``AutoencoderKLWan.encode``, which takes the first video frame alone and then
 chunks of 4.
+
+``use_frame_convolutions`` makes both run several times faster on a CPU: there PyTorch runs a 3D
+convolution through its generic im2col kernel, while a 2D convolution takes the oneDNN path.
 """
 
 from __future__ import annotations
@@ -17,8 +20,57 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
-from torch import Tensor
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------------
+# Causal 3D convolutions as 2D convolutions, for the CPU
+# ---------------------------------------------------------------------------------------------
+
+
+class FrameWiseCausalConv3d(WanCausalConv3d):
+    """``WanCausalConv3d`` that, on a CPU, convolves as a sum of 2D convolutions, one per temporal tap.
+
+    Output frame t of a convolution with temporal kernel k and temporal stride 1 is
+    sum_j conv2d(input frame t + j, weight[:, :, j]). Stacking the frames on the batch axis makes each
+    tap one 2D convolution. The weights and state dict are the module's own; only the order of the
+    additions differs, so results agree to float rounding (checked in tests/). Elsewhere (CUDA, or a
+    layout this does not cover) it is the plain 3D convolution.
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        plain = (
+            input.device.type != "cpu"
+            or self.stride[0] != 1
+            or self.groups != 1
+            or tuple(self.dilation) != (1, 1, 1)
+            or tuple(self.padding) != (0, 0, 0)  # the causal padding is applied before, by F.pad
+        )
+        if plain:
+            return super()._conv_forward(input, weight, bias)
+        batch, channels, frames, height, width = input.shape
+        taps = weight.shape[2]
+        out_frames = frames - taps + 1
+        out = None
+        for tap in range(taps):
+            window = input[:, :, tap : tap + out_frames].transpose(1, 2).reshape(-1, channels, height, width)
+            term = F.conv2d(window, weight[:, :, tap], bias if tap == 0 else None, self.stride[1:])
+            out = term if out is None else out + term  # (B*T', C_out, H', W')
+        return out.unflatten(0, (batch, out_frames)).transpose(1, 2)  # (B, C_out, T', H', W')
+
+
+def use_frame_convolutions(module: nn.Module) -> nn.Module:
+    """Switch every ``WanCausalConv3d`` inside `module` to :class:`FrameWiseCausalConv3d`, in place.
+
+    Only the class changes (the parameters and buffers stay), so the state dict, ``save_pretrained``
+    and CUDA behaviour are those of diffusers' module. Returns `module`.
+    """
+    for layer in module.modules():
+        if type(layer) is WanCausalConv3d:
+            layer.__class__ = FrameWiseCausalConv3d
+    return module
 
 
 @dataclass
@@ -38,7 +90,10 @@ class EncoderState:
 
 
 class _Streaming:
-    """A Wan VAE with the per-channel normalisation of its latents."""
+    """A Wan VAE with the per-channel normalisation of its latents.
+
+    Takes the VAE over: its causal convolutions become frame-wise ones (`use_frame_convolutions`), in place.
+    """
 
     part = ""  # "encoder" or "decoder": whose causal convolutions the cache holds
 
@@ -52,7 +107,7 @@ class _Streaming:
                 f"latent normalisation has {len(latents_mean)} means and {len(latents_std)} stds "
                 f"for a VAE with {vae.config.z_dim} latent channels"
             )
-        self.vae = vae
+        self.vae = use_frame_convolutions(vae)
         self.mean = torch.tensor(latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._num_convs = vae._cached_conv_counts[self.part]
