@@ -27,7 +27,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,11 @@ class TrainConfig:
     vae_kl_weight: float = 1e-6
     vae_edge_weight: float = 1.0  # L1 between image gradients, against blur
     vae_from: str = ""  # a trained VAE folder (diffusers layout) to use instead of training stage 1
+    # stage 1b: the decoder alone, on the codes it meets in a rollout (see tune_decoder); the encoder,
+    # and so the latent data set, stay as they are
+    decoder_steps: int = 600
+    decoder_lr: float = 5e-4
+    decoder_clip_latents: int = 8  # latent frames decoded from a cold start, 1 + 4 * (n - 1) video frames
     # latent data set
     dataset_clips: int = 2000
     # latent frames encoded before each clip and dropped: the causal VAE encoder's codes settle only
@@ -125,6 +130,7 @@ def train(config: TrainConfig) -> Path:
     started = time.time()
     vae = train_vae(config, run)
     latents, clips, mean, std = build_dataset(config, run, vae)
+    vae = tune_decoder(config, run, vae, latents, mean, std)
     transformer = train_transformer(config, run, latents, clips)
     bundle = export_bundle(config, run, transformer, vae, mean, std, bundle_engine(config))
     print(f"bundle written to {bundle} ({time.time() - started:.0f} s this session)")
@@ -346,6 +352,14 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
 # ---------------------------------------------------------------------------------------------
 
 
+def dataset_episodes(config: TrainConfig) -> Iterator[Episode]:
+    """The data set's episodes in order, played again from the run seed (the same walks every time)."""
+    engine = PRESETS["tiny"].engine
+    rng = np.random.default_rng([config.seed, 2])
+    for _ in range(config.dataset_clips):
+        yield make_episode(rng, config, config.clip_blocks, engine, config.dataset_warmup_latents)
+
+
 def build_dataset(
     config: TrainConfig, run: Path, vae: AutoencoderKLWan
 ) -> tuple[Tensor, list[dict[str, Any]], list[float], list[float]]:
@@ -366,16 +380,12 @@ def build_dataset(
         fresh = meta.get("vae_step") == vae_step and meta.get("warmup_latents", 0) == warmup
         if fresh and len(meta["clips"]) == config.dataset_clips:
             return load_file(latents_file)["latents"], meta["clips"], meta["mean"], meta["std"]
-    engine = PRESETS["tiny"].engine
-    rng = np.random.default_rng([config.seed, 2])
     encoded, clips = [], []
     batch = 16
+    episodes_made = dataset_episodes(config)
     with torch.no_grad():
         for start in tqdm(range(0, config.dataset_clips, batch), desc="encode", unit="batch"):
-            episodes = [
-                make_episode(rng, config, config.clip_blocks, engine, warmup)
-                for _ in range(min(batch, config.dataset_clips - start))
-            ]
+            episodes = [next(episodes_made) for _ in range(min(batch, config.dataset_clips - start))]
             video = from_uint8_frames(np.stack([e.frames for e in episodes])).to(config.device)
             encoded.append(vae.encode(video).latent_dist.mean[:, :, warmup:].cpu())
             clips += [{"prompts": list(e.prompts), "cuts": list(e.cuts)} for e in episodes]
@@ -388,6 +398,86 @@ def build_dataset(
     meta |= {"vae_step": vae_step, "warmup_latents": warmup}
     clips_file.write_text(json.dumps(meta))
     return normalised, clips, meta["mean"], meta["std"]
+
+
+def tune_decoder(
+    config: TrainConfig,
+    run: Path,
+    vae: AutoencoderKLWan,
+    latents: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> AutoencoderKLWan:
+    """Fine-tune the VAE decoder on the data set's codes decoded from a cold start (or load the finished one).
+
+    Stage 1 trains on short clips coded from a video's first frame, but a rollout is decoded otherwise:
+    the transformer makes steady-state codes (the data set's, see build_dataset), and the streaming
+    decoder starts cold on them and then runs for thousands of frames. Out of its training regime the
+    stage-1 decoder loses a scene's colours (a snowy night decodes green). So each step decodes
+    ``decoder_clip_latents`` consecutive codes of a data-set clip from a fresh cache against the frames
+    they stand for (the clip's walk, played again from the run seed). The encoder is untouched, so the
+    latent data set, and a transformer trained on it, stay valid.
+    """
+    if config.decoder_steps <= 0:
+        return vae
+    clip, available = config.decoder_clip_latents, latents.shape[2]
+    if not 2 <= clip <= available:
+        raise ValueError(f"decoder_clip_latents must be 2 to {available}, got {clip}")
+    checkpoint_path = run / "decoder.ckpt"
+    state = load_checkpoint(checkpoint_path)  # a finished stage skips the loop and re-exports
+    vae = copy.deepcopy(vae).requires_grad_(False)
+    parameters = [p for module in (vae.post_quant_conv, vae.decoder) for p in module.parameters()]
+    for p in parameters:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=config.decoder_lr, weight_decay=0.0)
+    start, seconds = 0, 0.0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, seconds = state["step"], state.get("seconds", 0.0)
+    if start < config.decoder_steps:
+        # decoded first, latent frame w of a clip stands for its video frame 4 w; each later one for 4 more
+        skip = 4 * config.dataset_warmup_latents
+        walks = tqdm(dataset_episodes(config), total=config.dataset_clips, desc="replay walks", unit="clip")
+        frames = np.stack([e.frames[skip:] for e in walks])  # (N, 1 + 4 (F - 1), H, W, 3)
+        scale = torch.tensor(std).view(1, -1, 1, 1, 1), torch.tensor(mean).view(1, -1, 1, 1, 1)
+    clock = time.perf_counter()
+    bar = tqdm(
+        range(start, config.decoder_steps),
+        initial=start,
+        total=config.decoder_steps,
+        desc="decoder",
+        unit="step",
+    )
+    for step in bar:
+        rng, _ = step_generators(config.seed, 4, step)
+        index = rng.choice(len(latents), size=config.vae_batch, replace=False)
+        first = int(rng.integers(0, available - clip + 1))
+        codes = latents[torch.from_numpy(index), :, first : first + clip].float() * scale[0] + scale[1]
+        target = from_uint8_frames(frames[index, 4 * first : 4 * first + 1 + 4 * (clip - 1)])
+        recon = vae.decode(codes.to(config.device)).sample
+        target = target.to(recon.device)
+        l1 = (recon - target).abs().mean()
+        mse = F.mse_loss(recon, target)
+        loss = l1 + mse + config.vae_edge_weight * edge_loss(recon, target)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.decoder_steps, config.decoder_lr, 50)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
+        bar.set_postfix(l1=f"{l1.item():.4f}", psnr=f"{psnr:.1f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.decoder_steps:
+            seconds, clock = seconds + time.perf_counter() - clock, time.perf_counter()
+            state = {"step": step + 1, "model": vae.state_dict(), "optimizer": optimizer.state_dict()}
+            save_checkpoint(checkpoint_path, state | {"seconds": seconds})
+            _log(
+                run, {"stage": "decoder", "step": step + 1, "l1": l1.item(), "psnr": psnr, "seconds": seconds}
+            )
+    vae.requires_grad_(False).eval()
+    vae.save_pretrained(run / "vae-decoder", safe_serialization=True)
+    return vae
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,7 +763,7 @@ def model_card(
 ) -> str:
     """The bundle's model card: what was trained, on what, for how long; the eval table goes in later."""
     stages = {}
-    for name in ("vae", "transformer"):
+    for name in ("vae", "decoder", "transformer"):
         state = load_checkpoint(run / f"{name}.ckpt")
         stages[name] = (state or {}).get("step", 0), (state or {}).get("seconds", 0.0)
     last = {}
@@ -693,7 +783,9 @@ def model_card(
     }
     arch = PRESETS["tiny"].transformer
     vae_steps, vae_seconds = stages["vae"]
+    decoder_steps, decoder_seconds = stages["decoder"]
     dit_steps, dit_seconds = stages["transformer"]
+    decoder_psnr = last.get("decoder", {}).get("psnr", float("nan"))
     psnr = last.get("vae", {}).get("psnr", float("nan"))
     loss = last.get("transformer", {}).get("loss", float("nan"))
     rows = [
@@ -710,7 +802,13 @@ def model_card(
          f"L1 + MSE + {config.vae_edge_weight:g} edge L1 + {config.vae_kl_weight:g} KL; "
          f"last PSNR {psnr:.1f} dB; "
          f"{vae_seconds / 60:.0f} min recorded"),
-        ("transformer training", f"{dit_steps} steps, batch {config.batch}, lr {config.lr:g}, "
+        ("VAE decoder tuning", "none" if not config.decoder_steps else
+         f"{decoder_steps} steps, batch {config.vae_batch}, lr {config.decoder_lr:g}: the data set's codes, "
+         f"{config.decoder_clip_latents} latent frames decoded from a fresh cache, as in a rollout; "
+         f"encoder frozen; last PSNR {decoder_psnr:.1f} dB; {decoder_seconds / 60:.0f} min recorded"),
+        ("transformer training", f"reused from `{config.transformer_from}` (not trained in this run)"
+         if config.transformer_from and not config.steps else
+         f"{dit_steps} steps, batch {config.batch}, lr {config.lr:g}, "
          f"EMA {config.ema_decay}, empty prompt on {config.text_dropout:.0%} of blocks, "
          f"own estimate as context on {config.self_context:.0%}; "
          f"last loss {loss:.4f}; {dit_seconds / 60:.0f} min recorded"),

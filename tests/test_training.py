@@ -10,15 +10,24 @@ import pytest
 import torch
 
 from envs.probes import biome_of
-from envs.training import TrainConfig, load_checkpoint, make_episode, own_prediction, train, train_vae
+from envs.training import (
+    TrainConfig,
+    dataset_episodes,
+    load_checkpoint,
+    make_episode,
+    own_prediction,
+    train,
+    train_vae,
+    tune_decoder,
+)
 from worldsim.config import PRESETS
-from worldsim.world import random_world
+from worldsim.world import load_vae_folder, random_world
 
 
 def small(run, bundle, **changes) -> TrainConfig:
     values = dict(
         run_dir=str(run), bundle_dir=str(bundle), vae_steps=2, vae_batch=2, dataset_clips=4,
-        steps=2, batch=2, warmup_steps=1, checkpoint_every=1,
+        decoder_steps=0, steps=2, batch=2, warmup_steps=1, checkpoint_every=1,
     )  # fmt: skip
     return TrainConfig(**{**values, **changes})
 
@@ -203,3 +212,31 @@ def test_train_command_reads_true_and_false() -> None:
     assert parser.parse_args(["train", "--text-whitening", "false"]).text_whitening is False
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--text-whitening", "maybe"])
+
+
+def test_decoder_tuning_changes_the_decoder_alone_and_replays_the_data_sets_walks(tmp_path) -> None:
+    import json
+
+    import worldsim
+
+    run = tmp_path / "run"
+    bundle = train(small(run, tmp_path / "bundle", decoder_steps=2, decoder_clip_latents=3))
+    assert load_checkpoint(run / "decoder.ckpt")["step"] == 2
+    stage1 = load_vae_folder(run / "vae").state_dict()
+    tuned = worldsim.load(bundle).decoder.vae.state_dict()
+    assert stage1.keys() == tuned.keys()
+    for name, weight in stage1.items():
+        if name.startswith(("encoder.", "quant_conv.")):  # the codes the data set holds stay valid
+            torch.testing.assert_close(weight, tuned[name], atol=0, rtol=0, msg=name)
+    assert any(not torch.equal(w, tuned[n]) for n, w in stage1.items() if n.startswith("decoder."))
+    assert "| VAE decoder tuning | 2 steps" in (bundle / "MODEL_CARD.md").read_text()
+
+    # the frames the decoder learns from are the data set's walks, played again
+    config = small(run, tmp_path / "bundle")
+    clips = json.loads((run / "clips.json").read_text())["clips"]
+    assert [list(e.prompts) for e in dataset_episodes(config)] == [c["prompts"] for c in clips]
+    latents = torch.zeros(4, 16, 12, 16, 16)
+    for clip_latents in (1, 13):
+        with pytest.raises(ValueError, match=f"decoder_clip_latents must be 2 to 12, got {clip_latents}"):
+            tune_decoder(small(run, tmp_path / "b", decoder_steps=1, decoder_clip_latents=clip_latents),
+                         run, None, latents, [0.0] * 16, [1.0] * 16)  # fmt: skip
