@@ -17,8 +17,9 @@ row), with the probes of ``envs.probes``:
 - ``fps`` and peak memory of generation plus decode (``worldsim.bench``).
 
 Two ceiling rows: the ground-truth world itself, and the ground truth seen through the bundle's
-VAE (streamed: encoded and decoded block after block with both caches kept, as a model rollout is
-decoded), which bounds what any transformer can reach through that decoder.
+VAE, which bounds what any transformer can reach through that decoder. It is streamed in the
+regime of a model rollout: encoded after a warm-up walk (as the training data set is), then block
+after block with the encoder's cache kept, and decoded from a fresh decoder cache.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from envs.probes import MOTION_LAG, biome_of, condition_of, frame_quality, motion_direction, reference_frames
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
+from envs.training import CARD_FILE, EVAL_MARKERS, TrainConfig
 from models.streaming_vae import StreamingEncoder, from_uint8_frames, to_uint8_frames
 from worldsim.bench import run_bench
 from worldsim.config import EngineConfig
@@ -130,30 +133,47 @@ class TruthRollout(Rollout):
 
 
 class RoundTripRollout(Rollout):
-    """The ground-truth world through the bundle's VAE, streamed the way a model rollout is decoded.
+    """The ground-truth world through the bundle's VAE, in the regime a model rollout is decoded in.
 
-    Each block is encoded behind every earlier one (the causal encoder keeps its cache) and decoded by
-    the bundle's streaming decoder, so after the first blocks the VAE works in its steady state, as it
-    does under a long rollout; a block coded on its own would meet only the VAE's start-up regime.
+    The transformer learned steady-state codes: its data set encodes every clip after
+    ``warmup_latents`` latent frames of the same walk (``envs.training.build_dataset``). So each
+    rollout here first encodes that many latent frames of a walk under the first command, and drops
+    them; then each block is encoded behind them (the causal encoder keeps its cache) and decoded by
+    the bundle's streaming decoder from a fresh cache, as a model rollout is. The first block then
+    holds one latent frame made of four video frames and decodes to one frame, like the model's.
     """
 
-    def __init__(self, world: World, first_block_frames: int, block_frames: int) -> None:
+    def __init__(
+        self,
+        world: World,
+        first_block_frames: int,
+        block_frames: int,
+        warmup_latents: int = TrainConfig.dataset_warmup_latents,
+    ) -> None:
         self.truth = TruthRollout(first_block_frames, block_frames)
+        self.warmup = warmup_latents
         self.decoder = world.decoder
         mean, std = (t.flatten().tolist() for t in (world.decoder.mean, world.decoder.std))
         self.encoder = StreamingEncoder(world.decoder.vae, mean, std)
 
     def start(self, biome: str, condition: str, action: str, seed: int) -> None:
-        """A world at a random place, as TruthRollout, and a fresh VAE stream."""
+        """A world at a random place, as TruthRollout, and a VAE stream warmed up on a walk there."""
         self.truth.start(biome, condition, action, seed)
         self.encoded, self.decoded = self.encoder.new_state(), self.decoder.new_state()
+        if self.warmup:
+            world = self.truth.world
+            frames = [world.render()] + [world.step(action) for _ in range(4 * (self.warmup - 1))]
+            self._encode(np.stack(frames))
+            self.truth.blocks = 1  # every block from here on, the first too, plays 4 frames a latent frame
+
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        parameter = next(self.decoder.vae.parameters())
+        video = from_uint8_frames(frames[None]).to(parameter.device, parameter.dtype)
+        return self.encoder.encode(video, self.encoded)
 
     def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
         """The ground-truth block after an encode-decode round trip."""
-        frames = self.truth.step(biome, condition, action, cut)
-        parameter = next(self.decoder.vae.parameters())
-        video = from_uint8_frames(frames[None]).to(parameter.device, parameter.dtype)
-        latents = self.encoder.encode(video, self.encoded)
+        latents = self._encode(self.truth.step(biome, condition, action, cut))
         return to_uint8_frames(self.decoder.decode(latents, self.decoded))[0].cpu().numpy()
 
 
@@ -322,9 +342,9 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
         for scheme in SCHEMES:  # no positions: one measurement serves every scheme
             ceiling.quality_early[scheme] = ceiling.quality_early["relative"]
             ceiling.quality_late[scheme] = ceiling.quality_late["relative"]
-        started, produced = time.perf_counter(), 0
         source = make(config)
         source.start("meadow", "day", "east", seed)
+        started, produced = time.perf_counter(), 0
         while produced < 2000:
             produced += len(source.step("meadow", "day", "east"))
         ceiling.fps = produced / (time.perf_counter() - started)
@@ -406,8 +426,6 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 def write_card(world: World, text: str) -> Path:
     """Replace the evaluation section of the bundle's model card with `text`."""
-    from envs.training import CARD_FILE, EVAL_MARKERS
-
     path = Path(world.source) / CARD_FILE
     card = (
         path.read_text()
