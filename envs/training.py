@@ -273,6 +273,13 @@ def edge_loss(recon: Tensor, video: Tensor) -> Tensor:
     return loss
 
 
+def reconstruction_loss(recon: Tensor, video: Tensor, edge_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, L1, MSE) of a decoded video against the real one: L1 + MSE + ``edge_weight`` edge L1."""
+    l1 = (recon - video).abs().mean()
+    mse = F.mse_loss(recon, video)
+    return l1 + mse + edge_weight * edge_loss(recon, video), l1, mse
+
+
 def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
     """Train (or resume, or load the finished) tiny VAE."""
     if config.vae_clip_frames < 1 or (config.vae_clip_frames - 1) % 4:
@@ -318,10 +325,9 @@ def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
             video.device
         )
         recon = vae.decode(latents).sample
-        l1 = (recon - video).abs().mean()
-        mse = F.mse_loss(recon, video)
+        loss, l1, mse = reconstruction_loss(recon, video, config.vae_edge_weight)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = l1 + mse + config.vae_edge_weight * edge_loss(recon, video) + config.vae_kl_weight * kl
+        loss = loss + config.vae_kl_weight * kl
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vae_steps, config.vae_lr, 50)
         optimizer.zero_grad(set_to_none=True)
@@ -456,10 +462,7 @@ def tune_decoder(
         codes = latents[torch.from_numpy(index), :, first : first + clip].float() * scale[0] + scale[1]
         target = from_uint8_frames(frames[index, 4 * first : 4 * first + 1 + 4 * (clip - 1)])
         recon = vae.decode(codes.to(config.device)).sample
-        target = target.to(recon.device)
-        l1 = (recon - target).abs().mean()
-        mse = F.mse_loss(recon, target)
-        loss = l1 + mse + config.vae_edge_weight * edge_loss(recon, target)
+        loss, l1, mse = reconstruction_loss(recon, target.to(recon.device), config.vae_edge_weight)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.decoder_steps, config.decoder_lr, 50)
         optimizer.zero_grad(set_to_none=True)
