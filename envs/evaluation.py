@@ -58,6 +58,8 @@ class EvalResult:
     action_following: float
     switch_latency_flush: float
     switch_latency_no_flush: float
+    # the flush column by kind of switch: a new light, a new action
+    switch_latency_by_kind: dict[str, float] = field(default_factory=dict)
     quality_early: dict[str, float] = field(default_factory=dict)  # scheme -> score over the first 1k frames
     quality_late: dict[str, float] = field(default_factory=dict)  # scheme -> score over the last 1k frames
     cut_accuracy: float = math.nan
@@ -215,8 +217,18 @@ def with_lead_in(previous: np.ndarray | None, frames: np.ndarray) -> np.ndarray:
 
 def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
     """Mean blocks from a prompt switch to the first block that shows the new prompt."""
+    latencies = switch_latencies(rollout, switches, seed)
+    return float(np.mean(latencies["light"] + latencies["action"]))
+
+
+def switch_latencies(rollout: Rollout, switches: int, seed: int) -> dict[str, list[int]]:
+    """Blocks from each prompt switch to the first block that shows it, by kind ("light", "action").
+
+    Switches alternate between a new light (read by the condition classifier) and a new action (read
+    from the camera motion); a switch not shown within LATENCY_CAP blocks counts as LATENCY_CAP.
+    """
     rng = np.random.default_rng([seed, 2])
-    latencies = []
+    latencies: dict[str, list[int]] = {"light": [], "action": []}
     for switch in range(switches):
         biome = BIOMES[switch % 3]
         if switch % 2 == 0:  # a new light: measured with the condition classifier
@@ -242,8 +254,8 @@ def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
                 latency = block
                 break
             previous = frames
-        latencies.append(latency)
-    return float(np.mean(latencies))
+        latencies["light" if switch % 2 == 0 else "action"].append(latency)
+    return latencies
 
 
 def cut_accuracy(rollout: Rollout, cuts: int, seed: int) -> float:
@@ -311,7 +323,8 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     def measure(name: str, make: Callable[[EngineConfig], Rollout], schemes: tuple[str, ...]) -> EvalResult:
         """One row; a ceiling (one scheme) has no cache, so one switch measurement serves both columns."""
         print(f"measuring {name} ...", file=sys.stderr, flush=True)  # stdout may carry JSON
-        flush = switch_latency(make(config.replace(flush_keep_frames=1)), switches, seed)
+        by_kind = switch_latencies(make(config.replace(flush_keep_frames=1)), switches, seed)
+        flush = float(np.mean([latency for kind in by_kind.values() for latency in kind]))
         if len(schemes) > 1:
             no_flush = switch_latency(make(config.replace(flush_on_prompt_change=False)), switches, seed)
         else:
@@ -321,6 +334,7 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
             action_following=action_following(make(config), episodes, seed),
             switch_latency_flush=flush,
             switch_latency_no_flush=no_flush,
+            switch_latency_by_kind={kind: float(np.mean(values)) for kind, values in by_kind.items()},
             cut_accuracy=cut_accuracy(make(config), cuts, seed),
         )
         for scheme in schemes:
@@ -381,6 +395,9 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
     lines.append(
         f"\nquality: frames 0-{window} -> frames {frames - window}-{frames} of a {frames}-frame walk"
     )
+    kinds = lambda row: ", ".join(f"{k} {v:.2f}" for k, v in row.switch_latency_by_kind.items())  # noqa: E731
+    by_kind = "; ".join(f"{row.name} {kinds(row)}" for row in rows)
+    lines.append(f"\nswitch latency with flush, by kind of switch: {by_kind}")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ def test_eval_rows_and_table(world) -> None:
     model, truth, round_trip = rows
     assert truth.action_following == 1.0 and truth.cut_accuracy == 1.0
     assert truth.switch_latency_flush == truth.switch_latency_no_flush == 1.0
+    assert truth.switch_latency_by_kind == {"light": 1.0, "action": 1.0}
     assert min(truth.quality_early.values()) > 0.9
     for row in rows:
         assert 0.0 <= row.action_following <= 1.0 and 0.0 <= row.cut_accuracy <= 1.0
@@ -45,6 +46,9 @@ def test_eval_rows_and_table(world) -> None:
     table = format_table(rows, 100)
     assert all(f"| {r.name} |" in table for r in rows)
     assert "frames 0-50 -> frames 50-100" in table
+    assert "by kind of switch: " in table and "ground truth light 1.00, action 1.00" in table
+    for row in rows:  # the flush column is the mean over both kinds (as many switches of each)
+        assert row.switch_latency_flush == pytest.approx(np.mean(list(row.switch_latency_by_kind.values())))
 
 
 def test_eval_refuses_a_short_walk(capsys) -> None:
