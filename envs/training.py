@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -84,6 +85,9 @@ class TrainConfig:
     decoder_steps: int = 600
     decoder_lr: float = 5e-4
     decoder_clip_latents: int = 8  # latent frames decoded from a cold start, 1 + 4 * (n - 1) video frames
+    # weight of texture_loss (local contrast and edge strength matched patch by patch); a decoder that
+    # only minimises pixel losses averages away the texture it cannot place exactly
+    decoder_texture_weight: float = 1.0
     # latent data set
     dataset_clips: int = 2000
     # latent frames encoded before each clip and dropped: the causal VAE encoder's codes settle only
@@ -99,6 +103,9 @@ class TrainConfig:
     sampler_sigma_share: float = 0.25  # share of noise levels drawn from the sampler's own steps
     text_dropout: float = 0.1  # share of blocks trained on the empty prompt (for guidance)
     self_context: float = 0.0  # share of cached blocks that are the model's own estimate (own_prediction)
+    # loss weight of a block whose prompt differs from the block before it, or that follows a cut: such a
+    # block must follow the text against what its context shows, which a rollout must learn quickly
+    switch_weight: float = 4.0
     # initial weight of the self-attention query/key RMS norms: attention logits start this squared times
     # larger, so attention can be sharp enough to copy one token out of a window from the start
     qk_norm_init: float = 1.0
@@ -116,7 +123,7 @@ class TrainConfig:
     # how the bundle samples (its engine settings); training favours these noise levels
     sampling_steps: int = 4  # denoising steps, evenly spaced timesteps from 1000
     sampling_shift: float = 3.0
-    guidance_scale: float = 1.0  # classifier-free guidance against the empty prompt; 1 = off
+    guidance_scale: float = 3.0  # classifier-free guidance against the empty prompt; 1 = off
     checkpoint_every: int = 100
 
 
@@ -273,6 +280,30 @@ def edge_loss(recon: Tensor, video: Tensor) -> Tensor:
     return loss
 
 
+TEXTURE_PATCH = 8  # pixels; the side of the patches whose statistics texture_loss matches
+
+
+def texture_loss(recon: Tensor, video: Tensor, patch: int = TEXTURE_PATCH) -> Tensor:
+    """L1 between the local texture statistics of two (B, C, T, H, W) videos, patch by patch.
+
+    For every ``patch`` x ``patch`` square of every frame and channel: the standard deviation of the
+    pixels (local contrast) and the mean absolute horizontal and vertical gradient (edge strength).
+    Unlike a pixel loss, these statistics are met by texture of the right strength even where its exact
+    placement is uncertain, where a pixel loss prefers a flat average.
+    """
+
+    def statistics(x: Tensor) -> Tensor:
+        frames = x.transpose(1, 2).flatten(0, 1)  # (B T, C, H, W)
+        mean = F.avg_pool2d(frames, patch)
+        std = (F.avg_pool2d(frames.square(), patch) - mean.square()).clamp_min(1e-6).sqrt()
+        # gradients padded back to the frame's size with zeros, the same for both videos
+        dx = F.avg_pool2d(F.pad(frames.diff(dim=-1).abs(), (0, 1)), patch)
+        dy = F.avg_pool2d(F.pad(frames.diff(dim=-2).abs(), (0, 0, 0, 1)), patch)
+        return torch.cat([std, dx, dy], dim=1)
+
+    return (statistics(recon) - statistics(video)).abs().mean()
+
+
 def reconstruction_loss(recon: Tensor, video: Tensor, edge_weight: float) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, L1, MSE) of a decoded video against the real one: L1 + MSE + ``edge_weight`` edge L1."""
     l1 = (recon - video).abs().mean()
@@ -377,13 +408,15 @@ def build_dataset(
     12 latent frames later agrees with the full one to within a few percent from about 12 latent frames
     on. Inference decodes endless streams, and only the steady-state codes keep the world's geometry:
     there a walk shifts the latents, while in the first latent frames it does not.
+
+    The cached data set serves every later call whose VAE has the same encoder (encoder_fingerprint).
     """
     latents_file, clips_file = run / "latents.safetensors", run / "clips.json"
-    vae_step = f"from {config.vae_from}" if config.vae_from else config.vae_steps
+    encoder = encoder_fingerprint(vae)
     warmup = config.dataset_warmup_latents
     if latents_file.is_file() and clips_file.is_file():
         meta = json.loads(clips_file.read_text())
-        fresh = meta.get("vae_step") == vae_step and meta.get("warmup_latents", 0) == warmup
+        fresh = meta.get("encoder") == encoder and meta.get("warmup_latents", 0) == warmup
         if fresh and len(meta["clips"]) == config.dataset_clips:
             return load_file(latents_file)["latents"], meta["clips"], meta["mean"], meta["std"]
     encoded, clips = [], []
@@ -401,9 +434,23 @@ def build_dataset(
     normalised = ((latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).half().contiguous()
     save_file({"latents": normalised}, latents_file)
     meta = {"clips": clips, "mean": mean.tolist(), "std": std.tolist()}
-    meta |= {"vae_step": vae_step, "warmup_latents": warmup}
+    meta |= {"encoder": encoder, "warmup_latents": warmup}
     clips_file.write_text(json.dumps(meta))
     return normalised, clips, meta["mean"], meta["std"]
+
+
+def encoder_fingerprint(vae: AutoencoderKLWan) -> str:
+    """SHA-256 of the weights that make the codes (encoder and quant_conv), which key the data set.
+
+    A data set stays valid for every VAE with the same encoder: after the decoder stage, or from
+    another folder holding the same weights.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        if name.startswith(("encoder.", "quant_conv.")):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def tune_decoder(
@@ -462,7 +509,10 @@ def tune_decoder(
         codes = latents[torch.from_numpy(index), :, first : first + clip].float() * scale[0] + scale[1]
         target = from_uint8_frames(frames[index, 4 * first : 4 * first + 1 + 4 * (clip - 1)])
         recon = vae.decode(codes.to(config.device)).sample
-        loss, l1, mse = reconstruction_loss(recon, target.to(recon.device), config.vae_edge_weight)
+        target = target.to(recon.device)
+        loss, l1, mse = reconstruction_loss(recon, target, config.vae_edge_weight)
+        if config.decoder_texture_weight:
+            loss = loss + config.decoder_texture_weight * texture_loss(recon, target)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.decoder_steps, config.decoder_lr, 50)
         optimizer.zero_grad(set_to_none=True)
@@ -521,19 +571,21 @@ def rollout_loss(
     sampler_share: float,
     generator: torch.Generator,
     self_context: float = 0.0,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Flow-matching loss of a batch of clips rolled out block by block through the KV cache.
 
     latents: (B, C, F, h, w) clean normalised latents; text_states: (B, blocks, L, dim);
     cuts[b][k]: block k of clip b follows a RoPE Cut. With ``self_context`` > 0, that share of the
     blocks enters the cache as the model's own prediction of it (:func:`own_prediction`) instead of
-    the clean latents.
+    the clean latents. ``weights`` (B, blocks), if given, weighs each block's loss; the result is the
+    weighted mean, so all-equal weights give the plain mean.
     """
     batch, _, frames, _, _ = latents.shape
     n = engine.block_frames
     past: list[LayerKV] | None = None
     held: list[list[int]] = [[] for _ in range(batch)]
-    losses = []
+    losses = []  # per block, (B,)
     for block in range(frames // n):
         start = block * n
         clean = latents[:, :, start : start + n]
@@ -550,7 +602,7 @@ def rollout_loss(
         s = sigma.view(-1, 1, 1, 1, 1)
         noisy = (1 - s) * clean + s * eps
         flow, _ = model(noisy, 1000 * sigma, text, positions, past)
-        losses.append(F.mse_loss(flow.float(), eps - clean))
+        losses.append((flow.float() - (eps - clean)).square().mean(dim=(1, 2, 3, 4)))
 
         context = clean
         if self_context > 0:
@@ -564,7 +616,20 @@ def rollout_loss(
             [c[i] for i in frames_to_keep(len(c), engine.kept_frames, engine.sink_frames)] for c in combined
         ]
         assert len(held[0]) == kept
-    return torch.stack(losses).mean()
+    per_block = torch.stack(losses, dim=1)  # (B, blocks)
+    if weights is None:
+        return per_block.mean()
+    weights = weights.to(per_block)
+    return (per_block * weights).sum() / weights.sum()
+
+
+def switch_weights(prompts: Sequence[Sequence[str]], cuts: Sequence[Sequence[bool]], weight: float) -> Tensor:
+    """Loss weights (B, blocks): ``weight`` for a block that changes prompt or follows a cut, else 1."""
+    rows = [
+        [weight if k > 0 and (p[k] != p[k - 1] or c[k]) else 1.0 for k in range(len(p))]
+        for p, c in zip(prompts, cuts, strict=True)
+    ]
+    return torch.tensor(rows)
 
 
 def own_prediction(
@@ -675,6 +740,7 @@ def train_transformer(
         text_rows = text_rows.masked_fill(dropped, row[""])
         text_states = table[text_rows]  # (B, blocks, L, dim)
         cuts = [block_cuts for _, block_cuts in blocks]
+        prompts_of = [block_prompts for block_prompts, _ in blocks]
         loss = rollout_loss(
             model,
             batch_latents,
@@ -685,6 +751,7 @@ def train_transformer(
             config.sampler_sigma_share,
             noise,
             config.self_context,
+            None if config.switch_weight == 1 else switch_weights(prompts_of, cuts, config.switch_weight),
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.steps, config.lr, config.warmup_steps)
@@ -791,6 +858,8 @@ def model_card(
     decoder_psnr = last.get("decoder", {}).get("psnr", float("nan"))
     psnr = last.get("vae", {}).get("psnr", float("nan"))
     loss = last.get("transformer", {}).get("loss", float("nan"))
+    weight = config.decoder_texture_weight
+    texture = f"texture loss weighted {weight:g}; " if weight else ""
     rows = [
         ("transformer", f"{params['dit']:.2f} M parameters: {arch['num_layers']} layers, "
          f"{arch['num_attention_heads']} heads x {arch['attention_head_dim']}, patch 1x2x2, "
@@ -808,12 +877,14 @@ def model_card(
         ("VAE decoder tuning", "none" if not config.decoder_steps else
          f"{decoder_steps} steps, batch {config.vae_batch}, lr {config.decoder_lr:g}: the data set's codes, "
          f"{config.decoder_clip_latents} latent frames decoded from a fresh cache, as in a rollout; "
-         f"encoder frozen; last PSNR {decoder_psnr:.1f} dB; {decoder_seconds / 60:.0f} min recorded"),
+         f"{texture}encoder frozen; last PSNR {decoder_psnr:.1f} dB; "
+         f"{decoder_seconds / 60:.0f} min recorded"),
         ("transformer training", f"reused from `{config.transformer_from}` (not trained in this run)"
          if config.transformer_from and not config.steps else
          f"{dit_steps} steps, batch {config.batch}, lr {config.lr:g}, "
          f"EMA {config.ema_decay}, empty prompt on {config.text_dropout:.0%} of blocks, "
          f"own estimate as context on {config.self_context:.0%}; "
+         f"prompt switches and cuts weighted {config.switch_weight:g}; "
          f"last loss {loss:.4f}; {dit_seconds / 60:.0f} min recorded"),
         ("sampling", f"{guidance}; steps and shift as in the bundle's `worldsim.json`"),
         ("device", f"{config.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"),

@@ -12,10 +12,15 @@ import torch
 from envs.probes import biome_of
 from envs.training import (
     TrainConfig,
+    build_dataset,
+    bundle_engine,
     dataset_episodes,
     load_checkpoint,
     make_episode,
     own_prediction,
+    rollout_loss,
+    switch_weights,
+    texture_loss,
     train,
     train_vae,
     tune_decoder,
@@ -220,7 +225,9 @@ def test_decoder_tuning_changes_the_decoder_alone_and_replays_the_data_sets_walk
     import worldsim
 
     run = tmp_path / "run"
-    bundle = train(small(run, tmp_path / "bundle", decoder_steps=2, decoder_clip_latents=3))
+    bundle = train(
+        small(run, tmp_path / "bundle", decoder_steps=2, decoder_clip_latents=3, decoder_texture_weight=1.0)
+    )
     assert load_checkpoint(run / "decoder.ckpt")["step"] == 2
     stage1 = load_vae_folder(run / "vae").state_dict()
     tuned = worldsim.load(bundle).decoder.vae.state_dict()
@@ -240,3 +247,73 @@ def test_decoder_tuning_changes_the_decoder_alone_and_replays_the_data_sets_walk
         with pytest.raises(ValueError, match=f"decoder_clip_latents must be 2 to 12, got {clip_latents}"):
             tune_decoder(small(run, tmp_path / "b", decoder_steps=1, decoder_clip_latents=clip_latents),
                          run, None, latents, [0.0] * 16, [1.0] * 16)  # fmt: skip
+
+
+def test_switch_weights_weigh_the_blocks_that_change_prompt_or_follow_a_cut() -> None:
+    prompts = [["a", "a", "b", "b"], ["a", "a", "a", "a"], ["b", "a", "b", "b"]]
+    cuts = [[False, False, False, True], [False, True, False, False], [False] * 4]
+    assert switch_weights(prompts, cuts, 4.0).tolist() == [[1, 1, 4, 4], [1, 4, 1, 1], [1, 4, 4, 1]]
+
+
+def test_rollout_loss_with_weights_is_the_weighted_mean_of_the_clips_block_losses() -> None:
+    model = random_world("tiny").model
+    engine = bundle_engine(TrainConfig())
+    torch.manual_seed(0)
+    latents, text_states = torch.randn(2, 16, 3, 16, 16), torch.randn(2, 3, 16, 384)
+    cuts = [[False, False, True], [False] * 3]
+    sigma_choices = torch.tensor([0.9, 0.6, 0.3])
+
+    def loss(weights: torch.Tensor | None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)  # the same noise on every call
+        with torch.no_grad():
+            return rollout_loss(model, latents, text_states, cuts, engine, sigma_choices, 0.25, generator,
+                                weights=weights)  # fmt: skip
+
+    plain = loss(None)
+    torch.testing.assert_close(loss(torch.ones(2, 3)), plain)
+
+    # a weight on one block alone gives that block's loss
+    def only(clip: int, block: int) -> torch.Tensor:
+        weights = torch.zeros(2, 3)
+        weights[clip, block] = 1.0
+        return weights
+
+    alone = torch.tensor([[loss(only(b, k)).item() for k in range(3)] for b in range(2)])
+    assert len(set(alone.flatten().tolist())) == 6
+    torch.testing.assert_close(plain, alone.mean())
+    weights = torch.tensor([[1.0, 4.0, 1.0], [2.0, 1.0, 3.0]])
+    torch.testing.assert_close(loss(weights), (alone * weights).sum() / weights.sum())
+
+
+def test_texture_loss_prices_lost_contrast_far_above_misplaced_texture() -> None:
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 2, 32, 32) * 2 - 1
+    flat = torch.nn.functional.avg_pool2d(video[0].transpose(0, 1), 3, 1, 1).transpose(0, 1)[None]
+    assert texture_loss(video, video).item() == 0.0
+    assert texture_loss(flat, video) > 5 * texture_loss(video.roll(2, dims=-1), video)
+    recon = flat.clone().requires_grad_(True)
+    texture_loss(recon, video).backward()
+    assert recon.grad.abs().sum() > 0
+
+
+def test_the_latent_data_set_is_kept_while_the_encoder_stays_the_same(tmp_path) -> None:
+    import copy
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = small(run, tmp_path / "bundle", vae_steps=1)
+    vae = train_vae(config, run)
+    latents = build_dataset(config, run, vae)[0]
+    written = (run / "latents.safetensors").stat().st_mtime_ns
+
+    def changed(prefix: str):
+        other = copy.deepcopy(vae)
+        with torch.no_grad():
+            next(p for n, p in other.named_parameters() if n.startswith(prefix)).add_(0.5)
+        return other
+
+    # a new decoder (as after the decoder stage) makes the same codes: the data set is read back
+    torch.testing.assert_close(build_dataset(config, run, changed("decoder."))[0], latents, atol=0, rtol=0)
+    assert (run / "latents.safetensors").stat().st_mtime_ns == written
+    # a new encoder makes other codes: the data set is encoded again
+    assert not torch.equal(build_dataset(config, run, changed("encoder."))[0], latents)
