@@ -217,8 +217,12 @@ def with_lead_in(previous: np.ndarray | None, frames: np.ndarray) -> np.ndarray:
 
 def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
     """Mean blocks from a prompt switch to the first block that shows the new prompt."""
-    latencies = switch_latencies(rollout, switches, seed)
-    return float(np.mean(latencies["light"] + latencies["action"]))
+    return mean_latency(switch_latencies(rollout, switches, seed))
+
+
+def mean_latency(latencies: dict[str, list[int]]) -> float:
+    """The mean over every switch of every kind."""
+    return float(np.mean([latency for kind in latencies.values() for latency in kind]))
 
 
 def switch_latencies(rollout: Rollout, switches: int, seed: int) -> dict[str, list[int]]:
@@ -230,8 +234,8 @@ def switch_latencies(rollout: Rollout, switches: int, seed: int) -> dict[str, li
     rng = np.random.default_rng([seed, 2])
     latencies: dict[str, list[int]] = {"light": [], "action": []}
     for switch in range(switches):
-        biome = BIOMES[switch % 3]
-        if switch % 2 == 0:  # a new light: measured with the condition classifier
+        biome, kind = BIOMES[switch % 3], ("light", "action")[switch % 2]
+        if kind == "light":  # a new light: measured with the condition classifier
             before, after = (str(c) for c in rng.permutation(CONDITIONS)[:2])
             old, new = (biome, before, "east"), (biome, after, "east")
 
@@ -250,11 +254,11 @@ def switch_latencies(rollout: Rollout, switches: int, seed: int) -> dict[str, li
         latency = LATENCY_CAP
         for block in range(1, LATENCY_CAP + 1):
             frames = rollout.step(*new)
-            if shows(frames if switch % 2 == 0 else with_lead_in(previous, frames)):
+            if shows(frames if kind == "light" else with_lead_in(previous, frames)):
                 latency = block
                 break
             previous = frames
-        latencies["light" if switch % 2 == 0 else "action"].append(latency)
+        latencies[kind].append(latency)
     return latencies
 
 
@@ -324,7 +328,7 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
         """One row; a ceiling (one scheme) has no cache, so one switch measurement serves both columns."""
         print(f"measuring {name} ...", file=sys.stderr, flush=True)  # stdout may carry JSON
         by_kind = switch_latencies(make(config.replace(flush_keep_frames=1)), switches, seed)
-        flush = float(np.mean([latency for kind in by_kind.values() for latency in kind]))
+        flush = mean_latency(by_kind)
         if len(schemes) > 1:
             no_flush = switch_latency(make(config.replace(flush_on_prompt_change=False)), switches, seed)
         else:
@@ -395,7 +399,10 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
     lines.append(
         f"\nquality: frames 0-{window} -> frames {frames - window}-{frames} of a {frames}-frame walk"
     )
-    kinds = lambda row: ", ".join(f"{k} {v:.2f}" for k, v in row.switch_latency_by_kind.items())  # noqa: E731
+
+    def kinds(row: EvalResult) -> str:
+        return ", ".join(f"{kind} {value:.2f}" for kind, value in row.switch_latency_by_kind.items())
+
     by_kind = "; ".join(f"{row.name} {kinds(row)}" for row in rows)
     lines.append(f"\nswitch latency with flush, by kind of switch: {by_kind}")
     return "\n".join(lines)
