@@ -38,6 +38,8 @@ SPREAD_FLOOR = 0.01
 PLAYER_HOLE = 4
 # Frames apart whose shift camera_motion reads.
 MOTION_LAG = 4
+# Side in pixels of the squares color_features averages before it reads contrast.
+CONTRAST_POOL = 4
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -129,12 +131,19 @@ def color_features(frames: np.ndarray) -> np.ndarray:
     """Per-frame colour statistics in 0..1, (T, 8): mean and std of R, G, B; 5th and 95th luma percentile.
 
     Means carry the biome's hue and the light level; the spread statistics carry contrast, which is what sets
-    fog apart from a bright day over pale ground.
+    fog apart from a bright day over pale ground. Contrast is read on the frame averaged over squares of
+    ``CONTRAST_POOL`` pixels: fog halves contrast at every scale, while a decoder's blur takes away only
+    the finest detail, so a blurred day still reads as day. The means are the frame's own.
     """
     clip = _clip(frames).astype(np.float32) / 255.0
-    luma = (clip @ _LUMA).reshape(len(clip), -1)
+    means = clip.mean(axis=(1, 2))
+    pool = CONTRAST_POOL
+    count, height, width, _ = clip.shape
+    cropped = clip[:, : height - height % pool, : width - width % pool]
+    coarse = cropped.reshape(count, height // pool, pool, width // pool, pool, 3).mean(axis=(2, 4))
+    luma = (coarse @ _LUMA).reshape(count, -1)
     percentiles = np.percentile(luma, (5.0, 95.0), axis=1).T
-    return np.concatenate([clip.mean(axis=(1, 2)), clip.std(axis=(1, 2)), percentiles], axis=1)
+    return np.concatenate([means, coarse.std(axis=(1, 2)), percentiles], axis=1)
 
 
 def reference_frames(

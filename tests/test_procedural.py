@@ -321,6 +321,20 @@ def test_biome_and_condition_probes_on_held_out_seeds():
     assert (biome_of(clip), condition_of(clip)) == ("desert", "night")
 
 
+@pytest.mark.parametrize("sigma", [2.0, 3.0])
+def test_biome_and_condition_probes_read_blurred_frames(sigma):
+    """A decoder's blur lowers fine contrast as fog does; it must not turn a day into fog."""
+    samples, biome_hits, condition_hits = 0, 0, 0
+    for i in range(63):
+        biome, condition = BIOMES[i % 3], CONDITIONS[(i // 3) % 3]
+        frame = gaussian_blur(reference_frames(biome, condition, 1, seed=20_000 + i), sigma)
+        biome_hits += biome_of(frame) == biome
+        condition_hits += condition_of(frame) == condition
+        samples += 1
+    assert biome_hits / samples >= 0.98
+    assert condition_hits / samples >= 0.98
+
+
 def test_frame_quality_orders_real_blurred_noisy_and_grey():
     for biome, condition in [("meadow", "day"), ("desert", "night"), ("tundra", "fog")]:
         reference = reference_frames(biome, condition, 24, seed=1)
