@@ -128,22 +128,25 @@ def motion_direction(frames: np.ndarray, min_shift: float = 0.5) -> str:
 
 
 def color_features(frames: np.ndarray) -> np.ndarray:
-    """Per-frame colour statistics in 0..1, (T, 8): mean and std of R, G, B; 5th and 95th luma percentile.
+    """Per-frame colour statistics in 0..1, (T, 8): mean R, G, B; contrast: std of R, G, B and the 5th
+    and 95th luma percentile, all of the frame averaged over squares of ``CONTRAST_POOL`` pixels.
 
-    Means carry the biome's hue and the light level; the spread statistics carry contrast, which is what sets
-    fog apart from a bright day over pale ground. Contrast is read on the frame averaged over squares of
-    ``CONTRAST_POOL`` pixels: fog halves contrast at every scale, while a decoder's blur takes away only
-    the finest detail, so a blurred day still reads as day. The means are the frame's own.
+    Means carry the biome's hue and the light level; contrast is what sets fog apart from a bright day
+    over pale ground. Fog halves contrast at every scale, while a decoder's blur takes away only the
+    finest detail, so contrast read on the averaged frame keeps a blurred day a day. The means are of
+    the whole frame; the averaged frame drops the last rows and columns that do not fill a square.
     """
     clip = _clip(frames).astype(np.float32) / 255.0
-    means = clip.mean(axis=(1, 2))
-    pool = CONTRAST_POOL
     count, height, width, _ = clip.shape
-    cropped = clip[:, : height - height % pool, : width - width % pool]
-    coarse = cropped.reshape(count, height // pool, pool, width // pool, pool, 3).mean(axis=(2, 4))
+    pool = CONTRAST_POOL
+    if height < pool or width < pool:
+        raise ValueError(f"need frames of at least {pool}x{pool} pixels, got {height}x{width}")
+    rows, cols = height // pool, width // pool
+    squares = clip[:, : rows * pool, : cols * pool].reshape(count, rows, pool, cols, pool, 3)
+    coarse = squares.mean(axis=(2, 4))
     luma = (coarse @ _LUMA).reshape(count, -1)
     percentiles = np.percentile(luma, (5.0, 95.0), axis=1).T
-    return np.concatenate([means, coarse.std(axis=(1, 2)), percentiles], axis=1)
+    return np.concatenate([clip.mean(axis=(1, 2)), coarse.std(axis=(1, 2)), percentiles], axis=1)
 
 
 def reference_frames(
