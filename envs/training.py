@@ -409,15 +409,16 @@ def build_dataset(
     on. Inference decodes endless streams, and only the steady-state codes keep the world's geometry:
     there a walk shifts the latents, while in the first latent frames it does not.
 
-    The cached data set serves every later call whose VAE has the same encoder (encoder_fingerprint).
+    The cached data set serves every later call whose VAE has the same encoder (encoder_fingerprint)
+    and whose settings play the same walks (dataset_settings).
     """
     latents_file, clips_file = run / "latents.safetensors", run / "clips.json"
     encoder = encoder_fingerprint(vae)
     warmup = config.dataset_warmup_latents
+    settings = dataset_settings(config)
     if latents_file.is_file() and clips_file.is_file():
         meta = json.loads(clips_file.read_text())
-        fresh = meta.get("encoder") == encoder and meta.get("warmup_latents", 0) == warmup
-        if fresh and len(meta["clips"]) == config.dataset_clips:
+        if meta.get("encoder") == encoder and meta.get("settings") == settings:
             return load_file(latents_file)["latents"], meta["clips"], meta["mean"], meta["std"]
     encoded, clips = [], []
     batch = 16
@@ -434,9 +435,24 @@ def build_dataset(
     normalised = ((latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).half().contiguous()
     save_file({"latents": normalised}, latents_file)
     meta = {"clips": clips, "mean": mean.tolist(), "std": std.tolist()}
-    meta |= {"encoder": encoder, "warmup_latents": warmup}
+    meta |= {"encoder": encoder, "warmup_latents": warmup, "settings": settings}
     clips_file.write_text(json.dumps(meta))
     return normalised, clips, meta["mean"], meta["std"]
+
+
+DATASET_FIELDS = (
+    "seed", "clip_blocks", "p_action_change", "p_condition_change", "p_cut", "dataset_clips",
+    "dataset_warmup_latents",
+)  # fmt: skip
+
+
+def dataset_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that decide the data set's walks (dataset_episodes), which key it with the encoder.
+
+    tune_decoder plays the walks again from these settings, so a data set made under others would pair
+    its codes with the wrong frames.
+    """
+    return {name: getattr(config, name) for name in DATASET_FIELDS}
 
 
 def encoder_fingerprint(vae: AutoencoderKLWan) -> str:

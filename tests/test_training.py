@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 
@@ -317,3 +318,9 @@ def test_the_latent_data_set_is_kept_while_the_encoder_stays_the_same(tmp_path) 
     assert (run / "latents.safetensors").stat().st_mtime_ns == written
     # a new encoder makes other codes: the data set is encoded again
     assert not torch.equal(build_dataset(config, run, changed("encoder."))[0], latents)
+    # other event rates play other walks: the data set is made again, with their prompts
+    build_dataset(config, run, vae)
+    written = (run / "latents.safetensors").stat().st_mtime_ns
+    clips = build_dataset(dataclasses.replace(config, p_cut=1.0), run, vae)[1]
+    assert (run / "latents.safetensors").stat().st_mtime_ns != written
+    assert all(clip["cuts"] == [False] + [True] * (config.clip_blocks - 1) for clip in clips)
