@@ -88,6 +88,9 @@ class TrainConfig:
     # weight of texture_loss (local contrast and edge strength matched patch by patch); a decoder that
     # only minimises pixel losses averages away the texture it cannot place exactly
     decoder_texture_weight: float = 1.0
+    # loss weight of the frames of a latent frame that begins a block with a new prompt or a cut (as
+    # switch_weight for the transformer): the causal decoder carries the old scene into them
+    decoder_switch_weight: float = 1.0
     # latent data set
     dataset_clips: int = 2000
     # latent frames encoded before each clip and dropped: the causal VAE encoder's codes settle only
@@ -137,7 +140,7 @@ def train(config: TrainConfig) -> Path:
     started = time.time()
     vae = train_vae(config, run)
     latents, clips, mean, std = build_dataset(config, run, vae)
-    vae = tune_decoder(config, run, vae, latents, mean, std)
+    vae = tune_decoder(config, run, vae, latents, clips, mean, std)
     transformer = train_transformer(config, run, latents, clips)
     bundle = export_bundle(config, run, transformer, vae, mean, std, bundle_engine(config))
     print(f"bundle written to {bundle} ({time.time() - started:.0f} s this session)")
@@ -269,21 +272,32 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def edge_loss(recon: Tensor, video: Tensor) -> Tensor:
+def frame_mean(error: Tensor, frame_weights: Tensor | None) -> Tensor:
+    """Mean of a (B, C, T, ...) error, each frame counted by its weight in ``frame_weights`` (B, T)."""
+    if frame_weights is None:
+        return error.mean()
+    batch, _, frames = error.shape[:3]
+    weights = frame_weights.to(error).view(batch, 1, frames, *[1] * (error.dim() - 3)).expand_as(error)
+    return (error * weights).sum() / weights.sum()
+
+
+def edge_loss(recon: Tensor, video: Tensor, frame_weights: Tensor | None = None) -> Tensor:
     """Mean absolute difference of horizontal and vertical pixel gradients of (B, C, T, H, W) videos.
 
     Pixel losses alone let a small decoder settle on blurred edges; this term prices the lost edges directly.
     """
     loss = recon.new_zeros(())
     for dim in (-1, -2):
-        loss = loss + (recon.diff(dim=dim) - video.diff(dim=dim)).abs().mean()
+        loss = loss + frame_mean((recon.diff(dim=dim) - video.diff(dim=dim)).abs(), frame_weights)
     return loss
 
 
 TEXTURE_PATCH = 8  # pixels; the side of the patches whose statistics texture_loss matches
 
 
-def texture_loss(recon: Tensor, video: Tensor, patch: int = TEXTURE_PATCH) -> Tensor:
+def texture_loss(
+    recon: Tensor, video: Tensor, patch: int = TEXTURE_PATCH, frame_weights: Tensor | None = None
+) -> Tensor:
     """L1 between the local texture statistics of two (B, C, T, H, W) videos, patch by patch.
 
     For every ``patch`` x ``patch`` square of every frame and channel: the standard deviation of the
@@ -301,14 +315,36 @@ def texture_loss(recon: Tensor, video: Tensor, patch: int = TEXTURE_PATCH) -> Te
         dy = F.avg_pool2d(F.pad(frames.diff(dim=-2).abs(), (0, 0, 0, 1)), patch)
         return torch.cat([std, dx, dy], dim=1)
 
-    return (statistics(recon) - statistics(video)).abs().mean()
+    batch, _, frames = recon.shape[:3]
+    error = (statistics(recon) - statistics(video)).abs()  # (B T, 3 C, h, w)
+    return frame_mean(error.unflatten(0, (batch, frames)).transpose(1, 2), frame_weights)
 
 
-def reconstruction_loss(recon: Tensor, video: Tensor, edge_weight: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, L1, MSE) of a decoded video against the real one: L1 + MSE + ``edge_weight`` edge L1."""
-    l1 = (recon - video).abs().mean()
-    mse = F.mse_loss(recon, video)
-    return l1 + mse + edge_weight * edge_loss(recon, video), l1, mse
+def reconstruction_loss(
+    recon: Tensor, video: Tensor, edge_weight: float, frame_weights: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, L1, MSE) of a decoded video against the real one: L1 + MSE + ``edge_weight`` edge L1.
+
+    The loss counts each frame by its weight in ``frame_weights`` (B, T); L1 and MSE are plain means.
+    """
+    error = recon - video
+    l1, mse = error.abs().mean(), error.square().mean()
+    if frame_weights is None:
+        return l1 + mse + edge_weight * edge_loss(recon, video), l1, mse
+    weighted = frame_mean(error.abs(), frame_weights) + frame_mean(error.square(), frame_weights)
+    return weighted + edge_weight * edge_loss(recon, video, frame_weights), l1, mse
+
+
+def decoder_frame_weights(clips: Sequence[dict[str, Any]], first: int, latents: int, weight: float) -> Tensor:
+    """Loss weights (B, T) of the video frames decoded from latent frames first .. first + latents - 1.
+
+    ``weight`` for the frames of a latent frame that begins a block with a new prompt or a cut (the
+    first decoded latent frame stands for one video frame, every later one for four), 1 elsewhere.
+    """
+    per_latent = [per_model_block(clip["prompts"], clip["cuts"], 1) for clip in clips]
+    rows = switch_weights([p for p, _ in per_latent], [c for _, c in per_latent], weight)
+    rows = rows[:, first : first + latents]
+    return torch.cat([rows[:, :1], rows[:, 1:].repeat_interleave(4, dim=1)], dim=1)
 
 
 def train_vae(config: TrainConfig, run: Path) -> AutoencoderKLWan:
@@ -474,6 +510,7 @@ def tune_decoder(
     run: Path,
     vae: AutoencoderKLWan,
     latents: Tensor,
+    clips: Sequence[dict[str, Any]],
     mean: Sequence[float],
     std: Sequence[float],
 ) -> AutoencoderKLWan:
@@ -485,7 +522,8 @@ def tune_decoder(
     stage-1 decoder loses a scene's colours (a snowy night decodes green). So each step decodes
     ``decoder_clip_latents`` consecutive codes of a data-set clip from a fresh cache against the frames
     they stand for (the clip's walk, played again from the run seed). The encoder is untouched, so the
-    latent data set, and a transformer trained on it, stay valid.
+    latent data set, and a transformer trained on it, stay valid. With ``decoder_switch_weight``, the
+    frames that begin a block with a new prompt or a cut count more (decoder_frame_weights).
     """
     if config.decoder_steps <= 0:
         return vae
@@ -526,9 +564,13 @@ def tune_decoder(
         target = from_uint8_frames(frames[index, 4 * first : 4 * first + 1 + 4 * (clip - 1)])
         recon = vae.decode(codes.to(config.device)).sample
         target = target.to(recon.device)
-        loss, l1, mse = reconstruction_loss(recon, target, config.vae_edge_weight)
+        weights = None
+        if config.decoder_switch_weight != 1:
+            chosen = [clips[i] for i in index]
+            weights = decoder_frame_weights(chosen, first, clip, config.decoder_switch_weight)
+        loss, l1, mse = reconstruction_loss(recon, target, config.vae_edge_weight, weights)
         if config.decoder_texture_weight:
-            loss = loss + config.decoder_texture_weight * texture_loss(recon, target)
+            loss = loss + config.decoder_texture_weight * texture_loss(recon, target, frame_weights=weights)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.decoder_steps, config.decoder_lr, 50)
         optimizer.zero_grad(set_to_none=True)
@@ -876,6 +918,8 @@ def model_card(
     loss = last.get("transformer", {}).get("loss", float("nan"))
     weight = config.decoder_texture_weight
     texture = f"texture loss weighted {weight:g}; " if weight else ""
+    if config.decoder_switch_weight != 1:
+        texture += f"frames of prompt switches and cuts weighted {config.decoder_switch_weight:g}; "
     rows = [
         ("transformer", f"{params['dit']:.2f} M parameters: {arch['num_layers']} layers, "
          f"{arch['num_attention_heads']} heads x {arch['attention_head_dim']}, patch 1x2x2, "
@@ -884,7 +928,9 @@ def model_card(
          f"<-> 16x16x{vae.config.z_dim} latents, temporal stride 4"),
         ("data", f"procedural episodes from seed {config.seed}: {config.dataset_clips} clips of "
          f"{config.clip_blocks} blocks for the transformer, each encoded after "
-         f"{config.dataset_warmup_latents} latent frames of warm-up; fresh episodes every VAE step"),
+         f"{config.dataset_warmup_latents} latent frames of warm-up; at each later block a cut with "
+         f"probability {config.p_cut:g}, else a new light with {config.p_condition_change:g}; a new action "
+         f"with {config.p_action_change:g}; fresh episodes every VAE step"),
         ("VAE training", f"reused from `{config.vae_from}` (not trained in this run)" if config.vae_from
          else f"{vae_steps} steps, batch {config.vae_batch}, "
          f"L1 + MSE + {config.vae_edge_weight:g} edge L1 + {config.vae_kl_weight:g} KL; "

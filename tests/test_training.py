@@ -16,9 +16,11 @@ from envs.training import (
     build_dataset,
     bundle_engine,
     dataset_episodes,
+    decoder_frame_weights,
     load_checkpoint,
     make_episode,
     own_prediction,
+    reconstruction_loss,
     rollout_loss,
     switch_weights,
     texture_loss,
@@ -227,8 +229,11 @@ def test_decoder_tuning_changes_the_decoder_alone_and_replays_the_data_sets_walk
 
     run = tmp_path / "run"
     bundle = train(
-        small(run, tmp_path / "bundle", decoder_steps=2, decoder_clip_latents=3, decoder_texture_weight=1.0)
-    )
+        small(
+            run, tmp_path / "bundle", decoder_steps=2, decoder_clip_latents=3, decoder_texture_weight=1.0,
+            decoder_switch_weight=4.0,
+        )
+    )  # fmt: skip
     assert load_checkpoint(run / "decoder.ckpt")["step"] == 2
     stage1 = load_vae_folder(run / "vae").state_dict()
     tuned = worldsim.load(bundle).decoder.vae.state_dict()
@@ -237,7 +242,8 @@ def test_decoder_tuning_changes_the_decoder_alone_and_replays_the_data_sets_walk
         if name.startswith(("encoder.", "quant_conv.")):  # the codes the data set holds stay valid
             torch.testing.assert_close(weight, tuned[name], atol=0, rtol=0, msg=name)
     assert any(not torch.equal(w, tuned[n]) for n, w in stage1.items() if n.startswith("decoder."))
-    assert "| VAE decoder tuning | 2 steps" in (bundle / "MODEL_CARD.md").read_text()
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "| VAE decoder tuning | 2 steps" in card and "frames of prompt switches and cuts weighted 4" in card
 
     # the frames the decoder learns from are the data set's walks, played again
     config = small(run, tmp_path / "bundle")
@@ -247,7 +253,32 @@ def test_decoder_tuning_changes_the_decoder_alone_and_replays_the_data_sets_walk
     for clip_latents in (1, 13):
         with pytest.raises(ValueError, match=f"decoder_clip_latents must be 2 to 12, got {clip_latents}"):
             tune_decoder(small(run, tmp_path / "b", decoder_steps=1, decoder_clip_latents=clip_latents),
-                         run, None, latents, [0.0] * 16, [1.0] * 16)  # fmt: skip
+                         run, None, latents, [], [0.0] * 16, [1.0] * 16)  # fmt: skip
+
+
+def test_decoder_frame_weights_mark_the_frames_of_switch_latents() -> None:
+    clip = {"prompts": ["a", "a", "b", "b"], "cuts": [False, False, False, True]}  # blocks of 3 latents
+    weights = decoder_frame_weights([clip], first=5, latents=6, weight=4.0)[0].tolist()
+    # latents 5..10: the prompt changes at latent 6, the cut comes at latent 9; latent 5 decodes to 1 frame
+    assert weights == [1.0] + [4.0] * 4 + [1.0] * 8 + [4.0] * 4 + [1.0] * 4
+
+
+def test_frame_weighted_losses_are_the_loss_of_the_weighted_frames() -> None:
+    generator = torch.Generator().manual_seed(0)
+    recon, video = (torch.rand(2, 3, 5, 16, 16, generator=generator) for _ in range(2))
+    plain = reconstruction_loss(recon, video, 1.0)
+    ones = reconstruction_loss(recon, video, 1.0, torch.ones(2, 5))
+    torch.testing.assert_close(ones, plain)
+    torch.testing.assert_close(
+        texture_loss(recon, video, frame_weights=torch.ones(2, 5)), texture_loss(recon, video)
+    )
+    only = torch.zeros(2, 5)
+    only[:, 3] = 1.0  # all the weight on frame 3: the loss of frame 3 alone
+    frame = recon[:, :, 3:4], video[:, :, 3:4]
+    torch.testing.assert_close(
+        reconstruction_loss(recon, video, 1.0, only)[0], reconstruction_loss(*frame, 1.0)[0]
+    )
+    torch.testing.assert_close(texture_loss(recon, video, frame_weights=only), texture_loss(*frame))
 
 
 def test_switch_weights_weigh_the_blocks_that_change_prompt_or_follow_a_cut() -> None:
