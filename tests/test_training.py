@@ -243,7 +243,8 @@ def test_decoder_tuning_changes_the_decoder_alone_and_replays_the_data_sets_walk
             torch.testing.assert_close(weight, tuned[name], atol=0, rtol=0, msg=name)
     assert any(not torch.equal(w, tuned[n]) for n, w in stage1.items() if n.startswith("decoder."))
     card = (bundle / "MODEL_CARD.md").read_text()
-    assert "| VAE decoder tuning | 2 steps" in card and "frames of prompt switches and cuts weighted 4" in card
+    assert "| VAE decoder tuning | 2 steps" in card
+    assert "frames of prompt switches and cuts weighted 4" in card
 
     # the frames the decoder learns from are the data set's walks, played again
     config = small(run, tmp_path / "bundle")
