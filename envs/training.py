@@ -329,10 +329,10 @@ def reconstruction_loss(
     """
     error = recon - video
     l1, mse = error.abs().mean(), error.square().mean()
-    if frame_weights is None:
-        return l1 + mse + edge_weight * edge_loss(recon, video), l1, mse
-    weighted = frame_mean(error.abs(), frame_weights) + frame_mean(error.square(), frame_weights)
-    return weighted + edge_weight * edge_loss(recon, video, frame_weights), l1, mse
+    pixel = l1 + mse
+    if frame_weights is not None:
+        pixel = frame_mean(error.abs(), frame_weights) + frame_mean(error.square(), frame_weights)
+    return pixel + edge_weight * edge_loss(recon, video, frame_weights), l1, mse
 
 
 def decoder_frame_weights(clips: Sequence[dict[str, Any]], first: int, latents: int, weight: float) -> Tensor:
@@ -471,7 +471,7 @@ def build_dataset(
     normalised = ((latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).half().contiguous()
     save_file({"latents": normalised}, latents_file)
     meta = {"clips": clips, "mean": mean.tolist(), "std": std.tolist()}
-    meta |= {"encoder": encoder, "warmup_latents": warmup, "settings": settings}
+    meta |= {"encoder": encoder, "settings": settings}
     clips_file.write_text(json.dumps(meta))
     return normalised, clips, meta["mean"], meta["std"]
 
