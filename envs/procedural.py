@@ -470,6 +470,24 @@ class ProceduralWorld:
         self._x += dx * self.config.speed
         self._y += dy * self.config.speed
 
+    def history(self, action: str, frames: int) -> np.ndarray:
+        """The last `frames` views of a walk with `action` that arrives here, oldest first.
+
+        The views are of the current biome and light, the last one is the current view, and the world
+        does not move: what the place would have looked like to a player who had walked this way.
+        """
+        dx, dy = MOVES[_check("action", action, ACTIONS)]
+        x, y, speed = self._x, self._y, self.config.speed
+        views = np.empty((frames, self.config.size, self.config.size, 3), np.uint8)
+        try:
+            for i in range(frames):
+                back = frames - 1 - i
+                self._x, self._y = x - dx * speed * back, y - dy * speed * back
+                views[i] = self.render()
+        finally:
+            self._x, self._y = x, y
+        return views
+
     def step(self, action: str) -> np.ndarray:
         """Move by one frame of an action, then render."""
         self.move(action)

@@ -126,6 +126,20 @@ def test_walking_shifts_content_by_exactly_speed_pixels(action, frames):
     assert not np.array_equal(after, before)
 
 
+@pytest.mark.parametrize("action", ["east", "idle"])
+def test_history_is_the_walk_that_arrives_here_and_moves_nothing(action):
+    world = ProceduralWorld(CONFIG, seed=4, biome="tundra", condition="fog", x=310, y=-52)
+    dx, dy = MOVES[action]
+    past = world.history(action, 6)
+    assert past.shape == (6, CONFIG.size, CONFIG.size, 3)
+    assert world.state == WorldState(310, -52, "tundra", "fog", 4)
+    np.testing.assert_array_equal(past[-1], world.render())
+    # the same walk played forward from where it starts shows the same frames
+    walker = ProceduralWorld(CONFIG, seed=4, biome="tundra", condition="fog")
+    walker.teleport("tundra", x=310 - 5 * dx * SPEED, y=-52 - 5 * dy * SPEED)
+    np.testing.assert_array_equal(np.stack([walker.render(), *walker.rollout([action] * 5)]), past)
+
+
 def test_idle_does_not_move_and_player_is_centred():
     world = ProceduralWorld(CONFIG, seed=1, biome="tundra")
     frames = world.rollout(["idle"] * 3)
