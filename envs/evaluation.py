@@ -8,7 +8,8 @@ row), with the probes of ``envs.probes``:
   against the one 4 before it, which for its first frames lies in the block before) is the
   commanded direction (or idle);
 - ``switch_latency_blocks``: after a prompt switch (a new action or a new light), how many blocks
-  until a block shows it (1 = the very next block), with KV Flush and without it;
+  until a block shows it (1 = the very next block), with KV Flush and without it; a new action is
+  read over the block alone, from the frame before it to its last frame;
 - long horizon: ``frame_quality`` against ground-truth frames of the same biome and light, over
   the first and the last 1,000 frames of a long rollout, for three position schemes:
   Block-Relativistic RoPE; absolute positions that grow past the training horizon; and a rolling
@@ -203,16 +204,17 @@ def action_following(rollout: Rollout, episodes: int, seed: int) -> float:
     return hits / total
 
 
-def with_lead_in(previous: np.ndarray | None, frames: np.ndarray) -> np.ndarray:
-    """A block's frames after the last MOTION_LAG frames of the block before it.
+def with_lead_in(previous: np.ndarray | None, frames: np.ndarray, lead: int = MOTION_LAG) -> np.ndarray:
+    """A block's frames after the last `lead` frames of the block before it.
 
     Motion is read between frames MOTION_LAG apart, so a block of few frames (4, with blocks of one
-    latent frame) holds no such pair of its own; with the lead-in every frame of the block is
-    compared with the one MOTION_LAG before it, whatever the block size.
+    latent frame) holds no such pair of its own; with the default lead-in every frame of the block is
+    compared with the one MOTION_LAG before it, whatever the block size. A lead-in of 1 reads only the
+    block's own motion: every pair ends in the block and none starts before the frame just before it.
     """
     if previous is None:
         return frames
-    return np.concatenate([previous[-MOTION_LAG:], frames])
+    return np.concatenate([previous[len(previous) - lead :], frames])
 
 
 def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
@@ -254,7 +256,10 @@ def switch_latencies(rollout: Rollout, switches: int, seed: int) -> dict[str, li
         latency = LATENCY_CAP
         for block in range(1, LATENCY_CAP + 1):
             frames = rollout.step(*new)
-            if shows(frames if kind == "light" else with_lead_in(previous, frames)):
+            # An action is read over the block alone (from the frame before it): a pair that starts
+            # further back holds steps of the old action, and on a reversal the world itself would
+            # then read only a quarter of its speed.
+            if shows(frames if kind == "light" else with_lead_in(previous, frames, lead=1)):
                 latency = block
                 break
             previous = frames

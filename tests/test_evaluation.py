@@ -67,3 +67,16 @@ def test_motion_of_short_blocks_is_read_with_a_lead_in_from_the_block_before() -
     assert with_lead_in(None, frames) is frames
     # blocks of one latent frame: 1 video frame, then 4 a block; the world itself still reads exactly
     assert action_following(TruthRollout(1, 4), episodes=6, seed=0) == 1.0
+
+
+def test_a_switch_block_is_read_over_the_block_alone() -> None:
+    from envs.evaluation import with_lead_in
+    from envs.probes import camera_motion
+
+    truth = TruthRollout(1, 4)
+    truth.start("meadow", "day", "north", seed=1)
+    previous = [truth.step("meadow", "day", "north") for _ in range(2)][-1]
+    reversal = truth.step("meadow", "day", "south")
+    np.testing.assert_allclose(camera_motion(with_lead_in(previous, reversal, lead=1)), (0.0, 2.0))
+    # pairs that start in the block before straddle the switch: the world reads a quarter of its speed
+    np.testing.assert_allclose(camera_motion(with_lead_in(previous, reversal)), (0.0, 0.5))
