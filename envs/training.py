@@ -44,7 +44,7 @@ from tqdm import tqdm
 from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
 from models.causal_wan import CausalWanTransformer, LayerKV, TextContext
 from models.checkpoint import load_diffusers_transformer
-from models.streaming_vae import from_uint8_frames, use_frame_convolutions
+from models.streaming_vae import from_uint8_frames, use_frame_convolutions, use_stock_convolutions
 from models.text import MiniLMTextEncoder, Whitening
 from worldsim.cache import frames_to_keep
 from worldsim.config import PRESETS, EngineConfig
@@ -97,6 +97,10 @@ class TrainConfig:
     # about this far into a video, and inference decodes endless streams, so clips must not be coded
     # in its start-up regime (see build_dataset)
     dataset_warmup_latents: int = 12
+    # code each stretch after a prompt switch or cut after a warm-up walk of its own, under the new
+    # prompt and ending where the stretch begins (Episode.pasts): the codes of a switch block then hold
+    # nothing of the old prompt, which the causal encoder would otherwise carry into them
+    dataset_settled_switches: bool = True
     # stage 2: transformer
     steps: int = 2000
     batch: int = 8
@@ -184,6 +188,10 @@ class Episode:
     prompts: tuple[str, ...]
     cuts: tuple[bool, ...]
     warmup_latents: int = 0  # leading latent frames that belong to no block (see make_episode)
+    # per block that switches prompt or cuts: its first latent frame (of the whole video) and the
+    # frames of a walk under its prompt that arrives where it begins (ProceduralWorld.history),
+    # 1 + 4 * (warmup_latents - 1) of them; encode_episodes codes the stretch after these instead
+    pasts: tuple[tuple[int, np.ndarray], ...] = ()
 
 
 def make_episode(
@@ -192,11 +200,14 @@ def make_episode(
     blocks: int,
     engine: EngineConfig,
     warmup_latents: int = 0,
+    switch_pasts: bool = False,
 ) -> Episode:
     """Play the procedural world for `blocks` blocks with random actions, light changes and cuts.
 
     With ``warmup_latents``, the video starts that many latent frames earlier: the player walks with
-    block 0's prompt, so the clip's first block already has a past. The random draws do not depend on it.
+    block 0's prompt, so the clip's first block already has a past. With ``switch_pasts`` too, every
+    block that switches prompt or cuts gets a past of its own of that length (``Episode.pasts``). The
+    random draws depend on neither.
     """
     stride = 4  # video frames per latent frame after the first
     biome, condition = str(rng.choice(BIOMES)), str(rng.choice(CONDITIONS))
@@ -209,10 +220,11 @@ def make_episode(
         x=int(rng.integers(-(10**6), 10**6)),
         y=int(rng.integers(-(10**6), 10**6)),
     )
-    frames, prompts, cuts = [world.render()], [], []
+    frames, prompts, cuts, pasts = [world.render()], [], [], []
     frames.extend(world.step(action) for _ in range(stride * warmup_latents))
     for block in range(blocks):
         cut = False
+        previous = (biome, condition, action)
         if block > 0:
             draw = rng.random()
             if draw < config.p_cut:
@@ -224,13 +236,16 @@ def make_episode(
                 world.set_condition(condition)
             if rng.random() < config.p_action_change:
                 action = str(rng.choice([a for a in ACTIONS if a != action]))
+            if switch_pasts and warmup_latents and (cut or (biome, condition, action) != previous):
+                first_latent = warmup_latents + block * engine.block_frames
+                pasts.append((first_latent, world.history(action, 1 + stride * (warmup_latents - 1))))
         steps = engine.block_frames * stride - (stride if block == 0 else 0)  # frame 0 is already there
         frames.extend(world.step(action) for _ in range(steps))
         prompts.append(prompt_for(biome, condition, action))
         cuts.append(cut)
     video = np.stack(frames)
     assert len(video) == 1 + stride * (warmup_latents + engine.block_frames * blocks - 1)
-    return Episode(video, tuple(prompts), tuple(cuts), warmup_latents)
+    return Episode(video, tuple(prompts), tuple(cuts), warmup_latents, tuple(pasts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,7 +445,43 @@ def dataset_episodes(config: TrainConfig) -> Iterator[Episode]:
     engine = PRESETS["tiny"].engine
     rng = np.random.default_rng([config.seed, 2])
     for _ in range(config.dataset_clips):
-        yield make_episode(rng, config, config.clip_blocks, engine, config.dataset_warmup_latents)
+        yield make_episode(
+            rng, config, config.clip_blocks, engine, config.dataset_warmup_latents,
+            config.dataset_settled_switches,
+        )  # fmt: skip
+
+
+@torch.no_grad()
+def encode_episodes(vae: AutoencoderKLWan, episodes: Sequence[Episode], batch: int = 16) -> Tensor:
+    """Latent means (B, C, F, h, w) of the episodes' whole videos, warm-up included.
+
+    A video is encoded in one causal pass, except that each stretch with a past of its own
+    (``Episode.pasts``: a block that switches prompt or cuts, up to the next such block) is encoded
+    behind that past, whose codes are then dropped. Encodes of equal length run as one batch.
+    """
+    jobs = []  # (episode, first latent frame, video, leading latent frames to drop)
+    for index, episode in enumerate(episodes):
+        total = (len(episode.frames) - 1) // 4 + 1
+        starts = [start for start, _ in episode.pasts]
+        ends = [*starts, total]
+        jobs.append((index, 0, episode.frames[: 4 * ends[0] - 3], 0))
+        for (start, past), end in zip(episode.pasts, ends[1:], strict=True):
+            video = np.concatenate([past, episode.frames[4 * start - 3 : 4 * end - 3]])
+            jobs.append((index, start, video, (len(past) - 1) // 4 + 1))
+    parameter = next(vae.parameters())
+    codes: list[Tensor | None] = [None] * len(episodes)
+    for length in sorted({len(job[2]) for job in jobs}):
+        same = [job for job in jobs if len(job[2]) == length]
+        for first in range(0, len(same), batch):
+            group = same[first : first + batch]
+            video = from_uint8_frames(np.stack([job[2] for job in group])).to(parameter.device)
+            means = vae.encode(video.to(parameter.dtype)).latent_dist.mean.float().cpu()
+            for (index, start, _, drop), mean in zip(group, means, strict=True):
+                if codes[index] is None:
+                    total = (len(episodes[index].frames) - 1) // 4 + 1
+                    codes[index] = mean.new_zeros(mean.shape[0], total, *mean.shape[2:])
+                codes[index][:, start : start + mean.shape[1] - drop] = mean[:, drop:]
+    return torch.stack([c for c in codes if c is not None])  # every episode has a job from latent 0
 
 
 def build_dataset(
@@ -444,6 +495,12 @@ def build_dataset(
     12 latent frames later agrees with the full one to within a few percent from about 12 latent frames
     on. Inference decodes endless streams, and only the steady-state codes keep the world's geometry:
     there a walk shifts the latents, while in the first latent frames it does not.
+
+    With ``dataset_settled_switches``, the stretch after each prompt switch or cut is encoded after a
+    warm-up walk of its own under the new prompt (``Episode.pasts``, :func:`encode_episodes`). A
+    continuous encode mixes the old scene or light into the first codes after a switch, so a
+    transformer would learn to make that mixture at every switch; settled codes ask for the new prompt
+    at once, and the decoder stage learns to decode them behind the old ones.
 
     The cached data set serves every later call whose VAE has the same encoder (encoder_fingerprint)
     and whose settings play the same walks (dataset_settings).
@@ -459,11 +516,11 @@ def build_dataset(
     encoded, clips = [], []
     batch = 16
     episodes_made = dataset_episodes(config)
+    vae = use_stock_convolutions(copy.deepcopy(vae))  # batches of whole clips: see use_stock_convolutions
     with torch.no_grad():
         for start in tqdm(range(0, config.dataset_clips, batch), desc="encode", unit="batch"):
             episodes = [next(episodes_made) for _ in range(min(batch, config.dataset_clips - start))]
-            video = from_uint8_frames(np.stack([e.frames for e in episodes])).to(config.device)
-            encoded.append(vae.encode(video).latent_dist.mean[:, :, warmup:].cpu())
+            encoded.append(encode_episodes(vae, episodes)[:, :, warmup:])
             clips += [{"prompts": list(e.prompts), "cuts": list(e.cuts)} for e in episodes]
     latents = torch.cat(encoded)  # (N, C, F, h, w)
     mean = latents.mean(dim=(0, 2, 3, 4))
@@ -478,7 +535,7 @@ def build_dataset(
 
 DATASET_FIELDS = (
     "seed", "clip_blocks", "p_action_change", "p_condition_change", "p_cut", "dataset_clips",
-    "dataset_warmup_latents",
+    "dataset_warmup_latents", "dataset_settled_switches",
 )  # fmt: skip
 
 
@@ -906,6 +963,12 @@ def model_card(
     if config.guidance_scale > 1:
         guidance = f"guidance {config.guidance_scale:g} against the empty prompt"
     text = f"whitened against the training prompts (`{WHITENING_FILE}`), " if config.text_whitening else ""
+    settled = ""
+    if config.dataset_settled_switches:
+        settled = (
+            ", and each stretch after a prompt switch or cut after a warm-up walk of its own under the new "
+            "prompt"
+        )
     params = {
         n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in (("dit", transformer), ("vae", vae))
     }
@@ -928,7 +991,7 @@ def model_card(
          f"<-> 16x16x{vae.config.z_dim} latents, temporal stride 4"),
         ("data", f"procedural episodes from seed {config.seed}: {config.dataset_clips} clips of "
          f"{config.clip_blocks} blocks for the transformer, each encoded after "
-         f"{config.dataset_warmup_latents} latent frames of warm-up; at each later block a cut with "
+         f"{config.dataset_warmup_latents} latent frames of warm-up{settled}; at each later block a cut with "
          f"probability {config.p_cut:g}, else a new light with {config.p_condition_change:g}; a new action "
          f"with {config.p_action_change:g}; fresh episodes every VAE step"),
         ("VAE training", f"reused from `{config.vae_from}` (not trained in this run)" if config.vae_from

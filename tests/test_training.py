@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from envs.probes import biome_of
+from envs.probes import biome_of, classify, motion_direction
+from envs.procedural import ACTION_TEXT, ACTIONS
 from envs.training import (
     TrainConfig,
     build_dataset,
     bundle_engine,
     dataset_episodes,
     decoder_frame_weights,
+    encode_episodes,
     load_checkpoint,
     make_episode,
     own_prediction,
@@ -61,6 +63,60 @@ def test_a_warm_up_prepends_latent_frames_of_the_first_prompt_and_changes_no_dra
     assert np.array_equal(warm.frames[0], plain.frames[0])  # the same world, from the same place
     assert plain.prompts[0].endswith("walking north")  # so the clip starts further north
     assert not np.array_equal(warm.frames[4 * 5], plain.frames[0])
+
+
+def test_switch_pasts_are_walks_under_the_new_prompt_that_arrive_where_the_block_begins() -> None:
+    engine, config = PRESETS["tiny"].engine, TrainConfig(p_cut=0.5, p_condition_change=0.5)
+    plain = make_episode(np.random.default_rng(5), config, 4, engine, warmup_latents=3)
+    episode = make_episode(np.random.default_rng(5), config, 4, engine, warmup_latents=3, switch_pasts=True)
+    assert not plain.pasts  # only on request, and the draws do not change
+    assert (episode.prompts, episode.cuts) == (plain.prompts, plain.cuts)
+    np.testing.assert_array_equal(episode.frames, plain.frames)
+    switches = [k for k in range(1, 4) if episode.cuts[k] or episode.prompts[k] != episode.prompts[k - 1]]
+    assert switches and [start for start, _ in episode.pasts] == [3 + 3 * k for k in switches]
+    for (start, past), block in zip(episode.pasts, switches, strict=True):
+        assert past.shape == (1 + 4 * 2, 64, 64, 3)
+        first = episode.frames[4 * start - 3]  # the block's first frame, one step after the past's last
+        assert classify(past[-1:]) == classify(first[None])
+        action = next(a for a in ACTIONS if episode.prompts[block].endswith(ACTION_TEXT[a]))
+        assert motion_direction(np.concatenate([past, first[None]])) == action
+
+
+def test_encode_episodes_codes_each_stretch_behind_its_own_past() -> None:
+    from diffusers import AutoencoderKLWan
+
+    from models.streaming_vae import from_uint8_frames
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**PRESETS["tiny"].vae).eval()
+    engine, config = PRESETS["tiny"].engine, TrainConfig(p_cut=1.0)  # a past at every later block
+    episodes = [
+        make_episode(np.random.default_rng(seed), config, 3, engine, warmup_latents=2, switch_pasts=True)
+        for seed in range(2)
+    ]
+    codes = encode_episodes(vae, episodes)
+    assert codes.shape == (2, 16, 2 + 3 * 3, 16, 16)
+
+    def encode(frames: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return vae.encode(from_uint8_frames(frames[None])).latent_dist.mean[0]
+
+    for episode, got in zip(episodes, codes, strict=True):
+        frames = episode.frames
+        (first, past), (second, later_past) = episode.pasts
+        assert (first, second) == (5, 8)
+        torch.testing.assert_close(got[:, :first], encode(frames[: 4 * first - 3]), atol=1e-5, rtol=1e-4)
+        stretch = encode(np.concatenate([past, frames[4 * first - 3 : 4 * second - 3]]))[:, 2:]
+        torch.testing.assert_close(got[:, first:second], stretch, atol=1e-5, rtol=1e-4)
+        last = encode(np.concatenate([later_past, frames[4 * second - 3 :]]))[:, 2:]
+        torch.testing.assert_close(got[:, second:], last, atol=1e-5, rtol=1e-4)
+        # a continuous encode carries the old scene into the first code after the cut
+        assert not torch.allclose(encode(frames)[:, first], got[:, first], atol=1e-3)
+    # without pasts it is the plain encode of every video
+    plain = [make_episode(np.random.default_rng(s), config, 3, engine, warmup_latents=2) for s in range(2)]
+    with torch.no_grad():
+        whole = vae.encode(from_uint8_frames(np.stack([e.frames for e in plain]))).latent_dist.mean
+    torch.testing.assert_close(encode_episodes(vae, plain), whole, atol=1e-5, rtol=1e-4)
 
 
 def test_vae_trains_on_clips_longer_than_two_blocks_and_refuses_odd_lengths(tmp_path) -> None:
