@@ -18,9 +18,10 @@ row), with the probes of ``envs.probes``:
 - ``fps`` and peak memory of generation plus decode (``worldsim.bench``).
 
 Two ceiling rows: the ground-truth world itself, and the ground truth seen through the bundle's
-VAE, which bounds what any transformer can reach through that decoder. It is streamed in the
-regime of a model rollout: encoded after a warm-up walk (as the training data set is), then block
-after block with the encoder's cache kept, and decoded from a fresh decoder cache.
+VAE: what a transformer that made the data set's codes exactly would show through that decoder. It
+is streamed in the regime of a model rollout: encoded after a warm-up walk (as the training data set
+is), then block after block with the encoder's cache kept (or, where the data set was coded so,
+recoded behind a warm-up walk of its own at each switch), and decoded from a fresh decoder cache.
 """
 
 from __future__ import annotations
@@ -123,16 +124,38 @@ class TruthRollout(Rollout):
 
     def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
         """Apply the command and play one block's worth of frames."""
+        self.command(biome, condition, cut)
+        return self.play(action)
+
+    def command(self, biome: str, condition: str, cut: bool = False) -> None:
+        """Go to the biome (a cut always teleports) and set the light, before a block is played."""
         if cut or biome != self.world.state.biome:
             self.world.teleport(biome)
         if condition != self.world.state.condition:
             self.world.set_condition(condition)
+
+    def play(self, action: str) -> np.ndarray:
+        """One block's worth of frames of `action`."""
         if self.blocks == 0:
             frames = [self.world.render()] + [self.world.step(action) for _ in range(self.first - 1)]
         else:
             frames = [self.world.step(action) for _ in range(self.later)]
         self.blocks += 1
         return np.stack(frames)
+
+
+def data_set_coding(world: World) -> tuple[int, bool]:
+    """How the bundle's latent data set was coded: (warm-up latent frames, settled switches).
+
+    Read from the bundle's ``train_config.json``. A record from before settled switches coded every
+    clip in one pass; a bundle without a record (a random world) gets ``TrainConfig``'s defaults.
+    """
+    record = Path(world.source) / "train_config.json" if world.source else None
+    if record is None or not record.is_file():
+        return TrainConfig.dataset_warmup_latents, TrainConfig.dataset_settled_switches
+    values = json.loads(record.read_text())
+    warmup = int(values.get("dataset_warmup_latents", TrainConfig.dataset_warmup_latents))
+    return warmup, bool(values.get("dataset_settled_switches", False))
 
 
 class RoundTripRollout(Rollout):
@@ -144,6 +167,10 @@ class RoundTripRollout(Rollout):
     them; then each block is encoded behind them (the causal encoder keeps its cache) and decoded by
     the bundle's streaming decoder from a fresh cache, as a model rollout is. The first block then
     holds one latent frame made of four video frames and decodes to one frame, like the model's.
+    With ``settled_switches`` (a data set coded so), a block under a new command (a prompt switch or a
+    cut) is encoded from a fresh encoder cache behind a warm-up walk under that command which arrives
+    where the block begins (``ProceduralWorld.history``), as the data set codes it; the decoder keeps
+    its cache throughout.
     """
 
     def __init__(
@@ -152,9 +179,11 @@ class RoundTripRollout(Rollout):
         first_block_frames: int,
         block_frames: int,
         warmup_latents: int = TrainConfig.dataset_warmup_latents,
+        settled_switches: bool = TrainConfig.dataset_settled_switches,
     ) -> None:
         self.truth = TruthRollout(first_block_frames, block_frames)
         self.warmup = warmup_latents
+        self.settled = settled_switches and warmup_latents > 0
         self.decoder = world.decoder
         mean, std = (t.flatten().tolist() for t in (world.decoder.mean, world.decoder.std))
         self.encoder = StreamingEncoder(world.decoder.vae, mean, std)
@@ -163,6 +192,7 @@ class RoundTripRollout(Rollout):
         """A world at a random place, as TruthRollout, and a VAE stream warmed up on a walk there."""
         self.truth.start(biome, condition, action, seed)
         self.encoded, self.decoded = self.encoder.new_state(), self.decoder.new_state()
+        self.last = (biome, condition, action)
         if self.warmup:
             world = self.truth.world
             frames = [world.render()] + [world.step(action) for _ in range(4 * (self.warmup - 1))]
@@ -176,7 +206,13 @@ class RoundTripRollout(Rollout):
 
     def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
         """The ground-truth block after an encode-decode round trip."""
-        latents = self._encode(self.truth.step(biome, condition, action, cut))
+        switched = cut or (biome, condition, action) != self.last
+        self.last = (biome, condition, action)
+        self.truth.command(biome, condition, cut)
+        if switched and self.settled:
+            self.encoded = self.encoder.new_state()
+            self._encode(self.truth.world.history(action, 1 + 4 * (self.warmup - 1)))
+        latents = self._encode(self.truth.play(action))
         return to_uint8_frames(self.decoder.decode(latents, self.decoded))[0].cpu().numpy()
 
 
@@ -356,10 +392,10 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     bench = run_bench(world, blocks=4 if quick else 16, seed=seed)
     model.fps, model.peak_mem_mb = bench.fps, bench.peak_mem_mb
 
-    ceilings = []
+    ceilings, coding = [], data_set_coding(world)
     for name, make in (
         ("ground truth", lambda c: TruthRollout(first, later)),
-        ("ground truth through the VAE", lambda c: RoundTripRollout(world, first, later)),
+        ("ground truth through the VAE", lambda c: RoundTripRollout(world, first, later, *coding)),
     ):
         ceiling = measure(name, make, ("relative",))
         for scheme in SCHEMES:  # no positions: one measurement serves every scheme

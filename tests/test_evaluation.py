@@ -29,6 +29,30 @@ def test_round_trip_rollout_returns_the_truths_frame_counts(world) -> None:
     assert motion_direction(expected) == "east"
 
 
+def test_settled_round_trip_recodes_from_a_switch_on_and_follows_the_bundles_record(world, tmp_path) -> None:
+    import dataclasses
+    import json
+
+    from envs.evaluation import data_set_coding
+
+    first, later = block_frame_counts(world)
+    blocks = {}
+    for settled in (False, True):
+        rollout = RoundTripRollout(world, first, later, warmup_latents=2, settled_switches=settled)
+        rollout.start("meadow", "night", "east", seed=3)
+        steps = [("meadow", "night", "east")] * 2 + [("meadow", "day", "east"), ("meadow", "day", "east")]
+        blocks[settled] = [rollout.step(*command) for command in steps]
+    for before_switch in range(2):
+        np.testing.assert_array_equal(blocks[True][before_switch], blocks[False][before_switch])
+    assert all(not np.array_equal(a, b) for a, b in zip(blocks[True][2:], blocks[False][2:], strict=True))
+    assert [len(b) for b in blocks[True]] == [len(b) for b in blocks[False]]
+
+    # the regime comes from the bundle's training record; one from before settled switches had none
+    assert world.source == "" and data_set_coding(world) == (12, True)
+    (tmp_path / "train_config.json").write_text(json.dumps({"dataset_warmup_latents": 7}))
+    assert data_set_coding(dataclasses.replace(world, source=str(tmp_path))) == (7, False)
+
+
 def test_eval_rows_and_table(world) -> None:
     rows = evaluate(world, frames=100, quick=True)
     assert [r.name for r in rows] == [world.name, "ground truth", "ground truth through the VAE"]
