@@ -83,7 +83,8 @@ def use_stock_convolutions(module: nn.Module) -> nn.Module:
     """
     for layer in module.modules():
         if type(layer) is FrameWiseCausalConv3d:
-            layer.__class__ = WanCausalConv3d
+            stock: nn.Module = layer
+            stock.__class__ = WanCausalConv3d
     return module
 
 

@@ -15,6 +15,7 @@ from models.streaming_vae import (
     WanCausalConv3d,
     to_uint8_frames,
     use_frame_convolutions,
+    use_stock_convolutions,
 )
 from tests.conftest import LATENTS_MEAN, LATENTS_STD, tiny_vae
 
@@ -65,6 +66,9 @@ def test_frame_convolutions_switch_every_causal_convolution_and_keep_the_weights
     assert convolutions and all(type(m) is FrameWiseCausalConv3d for m in convolutions)
     after = vae.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert use_stock_convolutions(vae) is vae  # and back: diffusers' modules, the same weights
+    assert all(type(m) is WanCausalConv3d for m in convolutions)
+    assert all(torch.equal(vae.state_dict()[k], before[k]) for k in before)
 
 
 @pytest.mark.parametrize("split", [[1, 3, 3, 3], [3, 3, 3, 1], [2, 5, 1, 2]])
