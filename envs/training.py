@@ -130,7 +130,7 @@ class TrainConfig:
     # how the bundle samples (its engine settings); training favours these noise levels
     sampling_steps: int = 4  # denoising steps, evenly spaced timesteps from 1000
     sampling_shift: float = 3.0
-    guidance_scale: float = 3.0  # classifier-free guidance against the empty prompt; 1 = off
+    guidance_scale: float = 2.5  # classifier-free guidance against the empty prompt; 1 = off
     checkpoint_every: int = 100
 
 
