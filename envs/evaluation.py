@@ -17,6 +17,10 @@ row), with the probes of ``envs.probes``:
 - ``cut_accuracy``: share of cuts after which the first block shows the requested biome;
 - ``fps`` and peak memory of generation plus decode (``worldsim.bench``).
 
+Under the table each row names its switches that showed late and its missed cuts (every switch and
+cut is in the JSON), and the model's late quality with relative positions minus that of the other
+schemes, chunk by chunk over the same walk, with its standard error.
+
 Two ceiling rows: the ground-truth world itself, and the ground truth seen through the bundle's
 VAE: what a transformer that made the data set's codes exactly would show through that decoder. It
 is streamed in the regime of a model rollout: encoded after a warm-up walk (as the training data set
@@ -32,7 +36,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,9 +68,21 @@ class EvalResult:
     switch_latency_by_kind: dict[str, float] = field(default_factory=dict)
     quality_early: dict[str, float] = field(default_factory=dict)  # scheme -> score over the first 1k frames
     quality_late: dict[str, float] = field(default_factory=dict)  # scheme -> score over the last 1k frames
+    # other scheme -> (mean, standard error) of relative minus it, chunk by chunk, over the last 1k frames
+    quality_gap_late: dict[str, tuple[float, float]] = field(default_factory=dict)
     cut_accuracy: float = math.nan
     fps: float = math.nan
     peak_mem_mb: float = math.nan
+    switches: list[Switch] = field(default_factory=list)  # the flush column's switches, one by one
+    cuts: list[Cut] = field(default_factory=list)
+
+    def late_switches(self) -> list[Switch]:
+        """The switches that did not show in the very next block."""
+        return [s for s in self.switches if s.latency > 1]
+
+    def missed_cuts(self) -> list[Cut]:
+        """The cuts whose first block showed another biome."""
+        return [c for c in self.cuts if c.shown != c.target]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,24 +269,59 @@ def with_lead_in(previous: np.ndarray | None, frames: np.ndarray, lead: int = MO
     return np.concatenate([previous[len(previous) - lead :], frames])
 
 
+@dataclass(frozen=True)
+class Switch:
+    """One measured prompt switch: what changed where, and how many blocks it took to show."""
+
+    kind: str  # "light" or "action"
+    biome: str
+    before: str  # the old light or action
+    after: str  # the new one
+    latency: int  # blocks until a block shows `after` (1 = the very next); LATENCY_CAP if none did
+
+    def describe(self) -> str:
+        """E.g. "desert: fog → day, 2 blocks"."""
+        return f"{self.biome}: {self.before} → {self.after}, {self.latency} blocks"
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One measured RoPE Cut: from where to where, under which light, and the biome its first block shows."""
+
+    source: str
+    target: str
+    condition: str
+    shown: str
+
+    def describe(self) -> str:
+        """E.g. "desert → tundra at night, showed desert"."""
+        return f"{self.source} → {self.target} at {self.condition}, showed {self.shown}"
+
+
 def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
     """Mean blocks from a prompt switch to the first block that shows the new prompt."""
-    return mean_latency(switch_latencies(rollout, switches, seed))
+    return mean_latency(measure_switches(rollout, switches, seed))
 
 
-def mean_latency(latencies: dict[str, list[int]]) -> float:
+def mean_latency(switches: Sequence[Switch]) -> float:
     """The mean over every switch of every kind."""
-    return float(np.mean([latency for kind in latencies.values() for latency in kind]))
+    return float(np.mean([s.latency for s in switches]))
 
 
-def switch_latencies(rollout: Rollout, switches: int, seed: int) -> dict[str, list[int]]:
-    """Blocks from each prompt switch to the first block that shows it, by kind ("light", "action").
+def latency_by_kind(switches: Sequence[Switch]) -> dict[str, float]:
+    """The mean latency of each kind of switch, in the order the kinds first occur."""
+    kinds = dict.fromkeys(s.kind for s in switches)
+    return {kind: mean_latency([s for s in switches if s.kind == kind]) for kind in kinds}
 
-    Switches alternate between a new light (read by the condition classifier) and a new action (read
-    from the camera motion); a switch not shown within LATENCY_CAP blocks counts as LATENCY_CAP.
+
+def measure_switches(rollout: Rollout, switches: int, seed: int) -> list[Switch]:
+    """Each prompt switch with the blocks it took to show; kinds alternate, a new light first.
+
+    A new light is read by the condition classifier, a new action from the camera motion; a switch
+    not shown within LATENCY_CAP blocks counts as LATENCY_CAP.
     """
     rng = np.random.default_rng([seed, 2])
-    latencies: dict[str, list[int]] = {"light": [], "action": []}
+    measured = []
     for switch in range(switches):
         biome, kind = BIOMES[switch % 3], ("light", "action")[switch % 2]
         if kind == "light":  # a new light: measured with the condition classifier
@@ -299,28 +350,38 @@ def switch_latencies(rollout: Rollout, switches: int, seed: int) -> dict[str, li
                 latency = block
                 break
             previous = frames
-        latencies[kind].append(latency)
-    return latencies
+        measured.append(Switch(kind, biome, before, after, latency))
+    return measured
 
 
-def cut_accuracy(rollout: Rollout, cuts: int, seed: int) -> float:
-    """Share of cuts whose first block shows the requested biome."""
+def measure_cuts(rollout: Rollout, cuts: int, seed: int) -> list[Cut]:
+    """Each cut with the biome its first block shows, over every ordered pair of biomes and every light."""
     pairs = [(a, b) for a in BIOMES for b in BIOMES if a != b]
-    hits = 0
+    measured = []
     for index in range(cuts):
         source, target = pairs[index % len(pairs)]
         condition = CONDITIONS[(index // len(pairs)) % 3]
         rollout.start(source, condition, "north", seed=seed * 1000 + index)
         for _ in range(3):
             rollout.step(source, condition, "north")
-        hits += biome_of(rollout.step(target, condition, "north", cut=True)) == target
-    return hits / cuts
+        shown = biome_of(rollout.step(target, condition, "north", cut=True))
+        measured.append(Cut(source, target, condition, shown))
+    return measured
+
+
+def cut_accuracy(cuts: Sequence[Cut]) -> float:
+    """Share of cuts whose first block shows the requested biome."""
+    return float(np.mean([cut.shown == cut.target for cut in cuts]))
+
+
+QUALITY_CHUNK = 48  # frames scored together by frame_quality
 
 
 def long_horizon(
     rollout: Rollout, frames: int, window: int, seed: int, reference: np.ndarray, desc: str
-) -> tuple[float, float]:
-    """Frame quality over the first and last `window` frames of a `frames`-long walk."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame quality of each QUALITY_CHUNK frames over the first and the last `window` frames of a
+    `frames`-long walk (the walk's actions depend on `seed` alone, so every scheme takes the same walk)."""
     biome, condition = "meadow", "day"
     rng = np.random.default_rng([seed, 3])
     rollout.start(biome, condition, "east", seed=seed)
@@ -338,12 +399,22 @@ def long_horizon(
                     late.append(frame)
                 produced += 1
             bar.update(len(block))
-    return _quality(early, reference), _quality(late, reference)
+    return _chunk_quality(early, reference), _chunk_quality(late, reference)
 
 
-def _quality(frames: list[np.ndarray], reference: np.ndarray) -> float:
-    chunks = [np.stack(frames[i : i + 48]) for i in range(0, len(frames), 48)]
-    return float(np.mean([frame_quality(chunk, reference) for chunk in chunks]))
+def _chunk_quality(frames: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
+    chunks = [np.stack(frames[i : i + QUALITY_CHUNK]) for i in range(0, len(frames), QUALITY_CHUNK)]
+    return np.array([frame_quality(chunk, reference) for chunk in chunks])
+
+
+def paired_gap(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the chunk-by-chunk difference ``ours - theirs`` (same walk, same chunks).
+
+    The standard error treats chunks as independent samples; with one chunk it is NaN.
+    """
+    difference = np.asarray(ours, np.float64) - np.asarray(theirs, np.float64)
+    spread = difference.std(ddof=1) / math.sqrt(len(difference)) if len(difference) > 1 else math.nan
+    return float(difference.mean()), float(spread)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,24 +439,31 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     def measure(name: str, make: Callable[[EngineConfig], Rollout], schemes: tuple[str, ...]) -> EvalResult:
         """One row; a ceiling (one scheme) has no cache, so one switch measurement serves both columns."""
         print(f"measuring {name} ...", file=sys.stderr, flush=True)  # stdout may carry JSON
-        by_kind = switch_latencies(make(config.replace(flush_keep_frames=1)), switches, seed)
-        flush = mean_latency(by_kind)
+        switched = measure_switches(make(config.replace(flush_keep_frames=1)), switches, seed)
+        flush = mean_latency(switched)
         if len(schemes) > 1:
             no_flush = switch_latency(make(config.replace(flush_on_prompt_change=False)), switches, seed)
         else:
             no_flush = flush
+        cut = measure_cuts(make(config), cuts, seed)
         result = EvalResult(
             name=name,
             action_following=action_following(make(config), episodes, seed),
             switch_latency_flush=flush,
             switch_latency_no_flush=no_flush,
-            switch_latency_by_kind={kind: float(np.mean(values)) for kind, values in by_kind.items()},
-            cut_accuracy=cut_accuracy(make(config), cuts, seed),
+            switch_latency_by_kind=latency_by_kind(switched),
+            cut_accuracy=cut_accuracy(cut),
+            switches=switched,
+            cuts=cut,
         )
+        late_chunks = {}
         for scheme in schemes:
             rollout = make(SCHEMES[scheme](config))
             early, late = long_horizon(rollout, frames, window, seed, reference, f"{name} {scheme}")
-            result.quality_early[scheme], result.quality_late[scheme] = early, late
+            result.quality_early[scheme] = float(early.mean())
+            result.quality_late[scheme], late_chunks[scheme] = float(late.mean()), late
+        for scheme in schemes[1:]:
+            result.quality_gap_late[scheme] = paired_gap(late_chunks["relative"], late_chunks[scheme])
         return result
 
     model = measure(world.name, lambda c: ModelRollout(world, c), tuple(SCHEMES))
@@ -446,6 +524,20 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
 
     by_kind = "; ".join(f"{row.name} {kinds(row)}" for row in rows)
     lines.append(f"\nswitch latency with flush, by kind of switch: {by_kind}")
+    for row in rows:
+        late = "; ".join(s.describe() for s in row.late_switches()) or "none"
+        missed = "; ".join(c.describe() for c in row.missed_cuts()) or "none"
+        lines.append(f"\n{row.name}: switches shown late: {late}. Cuts missed: {missed}.")
+    for row in rows:
+        if row.quality_gap_late:
+            gaps = ", ".join(
+                f"{scheme} {mean:+.3f} ± {error:.3f}"
+                for scheme, (mean, error) in row.quality_gap_late.items()
+            )
+            lines.append(
+                f"\n{row.name}, late quality of relative positions minus: {gaps} (mean ± standard error "
+                f"over {math.ceil(window / QUALITY_CHUNK)} chunks of {QUALITY_CHUNK} frames, paired)"
+            )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from envs.evaluation import RoundTripRollout, TruthRollout, block_frame_counts, evaluate, format_table
 from envs.probes import motion_direction
+from envs.procedural import BIOMES
 from worldsim.cli import main
 from worldsim.world import random_world
 
@@ -67,10 +68,15 @@ def test_eval_rows_and_table(world) -> None:
         assert set(row.quality_late) == {"relative", "absolute", "rolling"}
         assert row.fps > 0
     assert model.peak_mem_mb > 0 and math.isnan(round_trip.peak_mem_mb)
+    assert set(model.quality_gap_late) == {"absolute", "rolling"} and not truth.quality_gap_late
+    assert len(model.switches) == 4 and len(model.cuts) == 6
+    assert not truth.late_switches() and not truth.missed_cuts()
     table = format_table(rows, 100)
     assert all(f"| {r.name} |" in table for r in rows)
     assert "frames 0-50 -> frames 50-100" in table
     assert "by kind of switch: " in table and "ground truth light 1.00, action 1.00" in table
+    assert "ground truth: switches shown late: none. Cuts missed: none." in table
+    assert f"{model.name}, late quality of relative positions minus: absolute" in table
     for row in rows:  # the flush column is the mean over both kinds (as many switches of each)
         assert row.switch_latency_flush == pytest.approx(np.mean(list(row.switch_latency_by_kind.values())))
 
@@ -104,3 +110,58 @@ def test_a_switch_block_is_read_over_the_block_alone() -> None:
     np.testing.assert_allclose(camera_motion(with_lead_in(previous, reversal, lead=1)), (0.0, 2.0))
     # pairs that start in the block before straddle the switch: the world reads a quarter of its speed
     np.testing.assert_allclose(camera_motion(with_lead_in(previous, reversal)), (0.0, 0.5))
+
+
+class StuckRollout(TruthRollout):
+    """The ground-truth world that ignores every command after the first: no switch or cut ever shows."""
+
+    def start(self, biome: str, condition: str, action: str, seed: int) -> None:
+        super().start(biome, condition, action, seed)
+        self.first_command = (biome, condition, action)
+
+    def step(self, biome: str, condition: str, action: str, cut: bool = False) -> np.ndarray:
+        return super().step(*self.first_command)
+
+
+def test_every_switch_and_cut_is_recorded_with_what_it_showed() -> None:
+    from envs.evaluation import LATENCY_CAP, cut_accuracy, latency_by_kind, measure_cuts, measure_switches
+
+    switches = measure_switches(TruthRollout(1, 4), switches=6, seed=0)
+    assert [s.kind for s in switches] == ["light", "action"] * 3
+    assert all(s.latency == 1 and s.before != s.after for s in switches)
+    assert latency_by_kind(switches) == {"light": 1.0, "action": 1.0}
+    cuts = measure_cuts(TruthRollout(1, 4), cuts=6, seed=0)
+    assert {(c.source, c.target) for c in cuts} == {(a, b) for a in BIOMES for b in BIOMES if a != b}
+    assert cut_accuracy(cuts) == 1.0
+
+    stuck = measure_switches(StuckRollout(1, 4), switches=4, seed=0)
+    assert [s.latency for s in stuck] == [LATENCY_CAP] * 4
+    first = stuck[0]
+    assert first.describe() == f"{first.biome}: {first.before} → {first.after}, {LATENCY_CAP} blocks"
+    missed = measure_cuts(StuckRollout(1, 4), cuts=3, seed=0)
+    assert cut_accuracy(missed) == 0.0 and all(c.shown == c.source for c in missed)
+
+
+def test_the_table_names_late_switches_missed_cuts_and_the_quality_gap() -> None:
+    from envs.evaluation import Cut, EvalResult, Switch, paired_gap
+
+    mean, error = paired_gap(np.array([0.5, 0.6, 0.7]), np.array([0.4, 0.4, 0.4]))
+    assert mean == pytest.approx(0.2) and error == pytest.approx(0.1 / math.sqrt(3))
+    assert math.isnan(paired_gap(np.array([0.5]), np.array([0.4]))[1])
+
+    row = EvalResult(
+        name="m", action_following=1.0, switch_latency_flush=1.5, switch_latency_no_flush=1.5,
+        switch_latency_by_kind={"light": 2.0, "action": 1.0},
+        quality_early=dict.fromkeys(("relative", "absolute", "rolling"), 0.5),
+        quality_late=dict.fromkeys(("relative", "absolute", "rolling"), 0.5),
+        quality_gap_late={"absolute": (0.02, 0.004), "rolling": (-0.001, 0.003)},
+        cut_accuracy=0.5,
+        switches=[
+            Switch("light", "desert", "fog", "day", 2), Switch("action", "meadow", "north", "south", 1),
+        ],
+        cuts=[Cut("desert", "tundra", "night", "desert"), Cut("meadow", "desert", "day", "desert")],
+    )  # fmt: skip
+    table = format_table([row], 10_000)
+    assert "m: switches shown late: desert: fog → day, 2 blocks. Cuts missed: desert → tundra" in table
+    assert "minus: absolute +0.020 ± 0.004, rolling -0.001 ± 0.003" in table
+    assert "over 21 chunks of 48 frames" in table
