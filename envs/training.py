@@ -50,7 +50,7 @@ from worldsim.cache import frames_to_keep
 from worldsim.config import PRESETS, EngineConfig
 from worldsim.positions import block_positions
 from worldsim.sampler import shifted_sigma
-from worldsim.world import BUILTIN_BUNDLES, load_vae_folder, save_bundle
+from worldsim.world import load_vae_folder, save_bundle
 
 SCENARIO_FILE = Path(__file__).resolve().parent / "tiny_scenario.toml"
 # Training clips are played in blocks of this many latent frames: prompts change and cuts happen only
@@ -63,7 +63,7 @@ class TrainConfig:
     """Everything a training run depends on; saved in the run folder and the model card."""
 
     run_dir: str = "runs/tiny"
-    bundle_dir: str = str(BUILTIN_BUNDLES / "tiny")
+    bundle_dir: str = "runs/tiny-bundle"  # not the built-in bundle: a run replaces it only when asked to
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 keeps torch's default
@@ -1052,15 +1052,70 @@ def _log(run: Path, record: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+FLAG_HELP: dict[str, str] = {
+    "run_dir": "folder of checkpoints and the latent data set; the same command resumes from it",
+    "bundle_dir": "where the finished bundle is written (models/bundles/tiny replaces the built-in one)",
+    "seed": "seed of every random draw (episodes, noise, initial weights)",
+    "device": "cpu or cuda",
+    "threads": "torch CPU threads; 0 keeps torch's default",
+    "clip_blocks": "blocks per training clip",
+    "p_action_change": "chance of a new action at each later block of a clip",
+    "p_condition_change": "chance of a new light at each later block (when no cut)",
+    "p_cut": "chance of a cut to another biome at each later block",
+    "vae_steps": "VAE training steps (stage 1)",
+    "vae_batch": "clips per VAE step (and per decoder-tuning step)",
+    "vae_clip_frames": "video frames per VAE clip, 1 + 4k",
+    "vae_lr": "VAE peak learning rate",
+    "vae_kl_weight": "weight of the VAE's KL term",
+    "vae_edge_weight": "weight of the L1 between image gradients, against blur",
+    "vae_from": "a trained VAE folder (diffusers layout) to use instead of stage 1",
+    "decoder_steps": "steps tuning the decoder alone on the data set's codes; 0 skips the stage",
+    "decoder_lr": "decoder-tuning peak learning rate",
+    "decoder_clip_latents": "latent frames decoded from a cold start per decoder-tuning clip",
+    "decoder_texture_weight": "weight of the patch texture loss in decoder tuning",
+    "decoder_switch_weight": "loss weight of the frames that begin a prompt switch or cut in decoder tuning",
+    "dataset_clips": "clips in the latent data set",
+    "dataset_warmup_latents": "latent frames encoded before each clip and dropped",
+    "dataset_settled_switches": "code each stretch after a switch or cut behind a warm-up walk of its own",
+    "steps": "transformer training steps (stage 2)",
+    "batch": "clips per transformer step",
+    "lr": "transformer peak learning rate",
+    "warmup_steps": "transformer learning-rate warm-up steps",
+    "ema_decay": "decay of the transformer weights' moving average (the exported weights)",
+    "sampler_sigma_share": "share of noise levels drawn from the sampler's own steps",
+    "text_dropout": "share of blocks trained on the empty prompt (for guidance)",
+    "self_context": "share of cached blocks that are the model's own one-step estimate",
+    "switch_weight": "loss weight of a block that changes prompt or follows a cut",
+    "qk_norm_init": "initial weight of the self-attention query/key norms (fresh transformers)",
+    "transformer_from": "a trained transformer folder to fine-tune instead of random weights",
+    "text_whitening": "whiten the frozen text states against the training prompts",
+    "text_whitening_shrinkage": "shrinkage of the whitening towards the identity",
+    "block_frames": "latent frames per generated block (engine setting)",
+    "window_frames": "latent frames the cache window holds, the block included (engine setting)",
+    "sampling_steps": "denoising steps of the bundle's sampler",
+    "sampling_shift": "flow-matching timestep shift of the bundle's sampler",
+    "guidance_scale": "the bundle's classifier-free guidance; 1 is off",
+    "checkpoint_every": "steps between checkpoints of each stage",
+}
+
+
 def register_cli(commands: argparse._SubParsersAction) -> None:
     """Add `worldsim train` to the command line."""
-    parser = commands.add_parser("train", help="train the built-in tiny world model (resumable)")
+    parser = commands.add_parser(
+        "train",
+        help="train the built-in tiny world model (resumable)",
+        description="Train the tiny world model on the procedural world: the VAE, the latent data set, "
+        "the decoder alone, then the causal transformer, and write a bundle. Each stage checkpoints "
+        "into --run-dir; the same command resumes where it stopped.",
+    )
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         kind = _parse_bool if isinstance(default, bool) else type(default)
-        parser.add_argument(flag, type=kind, default=default, help="(default: %(default)s)")
+        parser.add_argument(
+            flag, type=kind, default=default, help=f"{FLAG_HELP[field.name]} (default: %(default)s)"
+        )
     parser.set_defaults(run=_run_cli)
 
 

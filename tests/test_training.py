@@ -412,3 +412,17 @@ def test_the_latent_data_set_is_kept_while_the_encoder_stays_the_same(tmp_path) 
     clips = build_dataset(dataclasses.replace(config, p_cut=1.0), run, vae)[1]
     assert (run / "latents.safetensors").stat().st_mtime_ns != written
     assert all(clip["cuts"] == [False] + [True] * (config.clip_blocks - 1) for clip in clips)
+
+
+def test_every_training_flag_says_what_it_does(capsys) -> None:
+    import dataclasses
+
+    from envs.training import FLAG_HELP, TrainConfig
+    from worldsim.cli import main
+
+    assert set(FLAG_HELP) == {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal
+    assert "the same command resumes where it stopped" in text
+    assert "loss weight of a block that changes prompt or follows a cut (default: 4.0)" in text
