@@ -295,7 +295,8 @@ class Cut:
 
     def describe(self) -> str:
         """E.g. "desert → tundra at night, showed desert"."""
-        return f"{self.source} → {self.target} at {self.condition}, showed {self.shown}"
+        light = {"day": "by day", "night": "at night", "fog": "in fog"}.get(self.condition, self.condition)
+        return f"{self.source} → {self.target} {light}, showed {self.shown}"
 
 
 def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:

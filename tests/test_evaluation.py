@@ -163,5 +163,7 @@ def test_the_table_names_late_switches_missed_cuts_and_the_quality_gap() -> None
     )  # fmt: skip
     table = format_table([row], 10_000)
     assert "m: switches shown late: desert: fog → day, 2 blocks. Cuts missed: desert → tundra" in table
+    assert "Cuts missed: desert → tundra at night, showed desert." in table
+    assert Cut("meadow", "desert", "day", "meadow").describe() == "meadow → desert by day, showed meadow"
     assert "minus: absolute +0.020 ± 0.004, rolling -0.001 ± 0.003" in table
     assert "over 21 chunks of 48 frames" in table
