@@ -19,29 +19,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 from torch import Tensor, nn
 
 # ---------------------------------------------------------------------------------------------
 # Attention: every attention call of the model goes through one function.
 # ---------------------------------------------------------------------------------------------
 
-AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+AttentionFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def sdpa_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-    """Full (unmasked) attention with PyTorch SDPA; tensors are (B, S, heads, head_dim)."""
-    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+def sdpa_attention(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """Attention with PyTorch SDPA; tensors are (B, S, heads, head_dim); `key_mask` (B, S_k): real keys."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S_k), broadcast over heads
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask
+    )
     return out.transpose(1, 2)  # (B, S_q, heads, head_dim)
 
 
 ATTENTION_BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention}
-
-# Modules that stay in float32 whatever the model dtype (diffusers keeps the same list).
-FP32_MODULES = tuple(WanTransformer3DModel._keep_in_fp32_modules)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,13 +189,15 @@ class CausalWanTransformer(nn.Module):
         text: TextContext,
         temporal_positions: Sequence[float] | Sequence[Sequence[float]],
         past: Sequence[LayerKV] | None = None,
+        key_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[LayerKV]]:
         """Predict the flow of one block and return it with the block's un-rotated K/V per layer.
 
         latents: (B, C, n, H, W) the block's latent frames; timestep: (B,) in [0, 1000];
         temporal_positions: one position per frame of the window, past frames first, the block's
         n frames last (or one such list per batch element); past: per layer (keys, values) of the
-        past frames, (B, F_past*tokens, heads, hd).
+        past frames, (B, F_past*tokens, heads, hd); key_mask: (B, (F_past + n)*tokens) bool, which
+        keys of the window are real (None: all), for batches whose elements hold different pasts.
         """
         t = self.transformer
         batch, _, frames, height, width = latents.shape
@@ -202,7 +206,9 @@ class CausalWanTransformer(nn.Module):
         past_tokens = 0 if past is None else past[0][0].shape[1]
         tokens_per_frame = grid_h * grid_w
         per_sample = isinstance(temporal_positions[0], Sequence)
-        position_lists = temporal_positions if per_sample else [temporal_positions]
+        position_lists = cast(
+            Sequence[Sequence[float]], temporal_positions if per_sample else [temporal_positions]
+        )
         if per_sample and len(position_lists) != batch:
             raise ValueError(f"{len(position_lists)} position lists given for a batch of {batch}")
         for positions in position_lists:
@@ -237,7 +243,15 @@ class CausalWanTransformer(nn.Module):
         for layer, block in enumerate(t.blocks):
             layer_past = None if past is None else past[layer]
             x, kv = self._block(
-                block, x, modulation, text.keys[layer], text.values[layer], rope_q, rope_k, layer_past
+                block,
+                x,
+                modulation,
+                text.keys[layer],
+                text.values[layer],
+                rope_q,
+                rope_k,
+                layer_past,
+                key_mask,
             )
             new_kv.append(kv)
 
@@ -253,7 +267,7 @@ class CausalWanTransformer(nn.Module):
 
     def _block(
         self,
-        block: nn.Module,
+        block: WanTransformerBlock,
         x: Tensor,
         modulation: Tensor,
         text_keys: Tensor,
@@ -261,6 +275,7 @@ class CausalWanTransformer(nn.Module):
         rope_q: RopeTables,
         rope_k: RopeTables,
         past: LayerKV | None,
+        key_mask: Tensor | None,
     ) -> tuple[Tensor, LayerKV]:
         """One Wan block: self-attention over the window, cross-attention to text, feed-forward."""
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
@@ -278,7 +293,7 @@ class CausalWanTransformer(nn.Module):
             all_values = torch.cat([past[1], value], dim=1)
         else:
             all_keys, all_values = key, value
-        out = self.attention(apply_rope(query, rope_q), apply_rope(all_keys, rope_k), all_values)
+        out = self.attention(apply_rope(query, rope_q), apply_rope(all_keys, rope_k), all_values, key_mask)
         out = attn.to_out[0](out.flatten(2, 3).type_as(query))
         x = (x.float() + out * gate_msa).type_as(x)
 
@@ -286,7 +301,7 @@ class CausalWanTransformer(nn.Module):
         h = block.norm2(x.float()).type_as(x)
         attn = block.attn2
         query = attn.norm_q(attn.to_q(h)).unflatten(2, (self.heads, -1))
-        out = self.attention(query, text_keys, text_values)
+        out = self.attention(query, text_keys, text_values, None)
         x = x + attn.to_out[0](out.flatten(2, 3).type_as(query))
 
         # 3. Feed-forward.

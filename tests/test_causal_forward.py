@@ -61,7 +61,7 @@ def test_cached_rollout_equals_block_causal_full_forward() -> None:
     with torch.no_grad():
         for b in range(blocks):
             frames = list(range(b * block, (b + 1) * block))
-            positions = [*cache.frame_indices, *frames]
+            positions = [*cache.held[0], *frames]
             flow, kv = model(latents[:, :, frames], timestep, context, positions, cache.layers())
             cache.commit(kv, frames)
             flows.append(flow)

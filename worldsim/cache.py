@@ -1,20 +1,25 @@
-"""The fixed-size self-attention KV cache of a rollout (infinity-RoPE, arXiv 2511.20649).
+"""The fixed-size self-attention KV cache of a batch of rollouts (infinity-RoPE, arXiv 2511.20649).
 
-Per layer the cache holds the un-rotated keys and values of at most ``capacity`` committed
-frames: the first ``sink_frames`` of them are the global sink and are never evicted, the rest are
-the most recent frames. Committing a block evicts the oldest non-sink frames; a KV Flush trims the
-cache to the sink plus the last few frames. Buffers are allocated once, so memory does not grow
-with the length of the rollout.
+Per layer the cache holds the un-rotated keys and values of at most ``capacity`` committed frames
+of every rollout: the first ``sink_frames`` of them are the global sink and are never evicted, the
+rest are the most recent frames. Committing a block evicts the oldest non-sink frames; a KV Flush
+trims a rollout's frames to the sink plus the last few. Memory is bounded by the capacity, however
+long the rollouts run.
+
+Every update gathers the kept frames into new tensors (never writes in place), so the same code
+serves inference under ``torch.no_grad()`` and training, where gradients flow through the cache.
+Rollouts of a batch may hold different numbers of frames (one was flushed, another not): their
+frames are packed at the front of each row, and ``key_mask`` says which slots are real.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-LayerKV = tuple[Tensor, Tensor]
+from models.causal_wan import LayerKV
 
 
 def frames_to_keep(frames: int, capacity: int, sink_frames: int) -> list[int]:
@@ -24,84 +29,137 @@ def frames_to_keep(frames: int, capacity: int, sink_frames: int) -> list[int]:
 
 
 class KVCache:
-    """Keys/values of the sink and the most recent committed frames, for every layer."""
+    """Keys/values of the sink and the most recent committed frames, for every layer and rollout."""
 
-    def __init__(self, num_layers: int, capacity: int, sink_frames: int) -> None:
+    def __init__(self, num_layers: int, capacity: int, sink_frames: int, batch: int = 1) -> None:
         if sink_frames > capacity:
             raise ValueError(f"the sink ({sink_frames} frames) does not fit in a cache of {capacity} frames")
+        if batch < 1:
+            raise ValueError(f"a cache holds at least one rollout, not {batch}")
         self.num_layers = num_layers
         self.capacity = capacity
         self.sink_frames = sink_frames
-        self.frame_indices: list[int] = []  # rollout index of each held frame, oldest first
-        self._keys: list[Tensor] = []  # per layer (B, capacity * tokens_per_frame, heads, head_dim)
-        self._values: list[Tensor] = []
+        self.batch = batch
+        # per rollout, the rollout index of each held frame, oldest first
+        self.held: list[list[int]] = [[] for _ in range(batch)]
+        self._layers: list[LayerKV] = []  # per layer (B, slots * tokens_per_frame, heads, head_dim)
         self._tokens_per_frame = 0
 
+    def frames(self, row: int = 0) -> int:
+        """Number of frames rollout `row` holds."""
+        return len(self.held[row])
+
     @property
-    def frames(self) -> int:
-        """Number of frames held."""
-        return len(self.frame_indices)
+    def slots(self) -> int:
+        """Frames each row of the buffers has room for: the most any rollout holds."""
+        return max(len(h) for h in self.held)
 
     @property
     def nbytes(self) -> int:
         """Bytes allocated for keys and values."""
-        return sum(t.numel() * t.element_size() for t in (*self._keys, *self._values))
+        return sum(t.numel() * t.element_size() for kv in self._layers for t in kv)
 
     def layers(self) -> list[LayerKV] | None:
-        """Per layer (keys, values) of the held frames, (B, frames * tokens, heads, hd); None if empty."""
-        if not self.frame_indices:
+        """Per layer (keys, values) of the held frames, (B, slots * tokens, heads, hd); None if empty."""
+        return list(self._layers) if self.slots else None
+
+    def key_mask(self, block_frames: int) -> Tensor | None:
+        """Which keys of a block's window are real, (B, (slots + block_frames) * tokens) bool.
+
+        None when every rollout holds the same number of frames: then every key is real.
+        """
+        lengths = [len(h) for h in self.held]
+        if len(set(lengths)) == 1:
             return None
-        end = self.frames * self._tokens_per_frame
-        return [(k[:, :end], v[:, :end]) for k, v in zip(self._keys, self._values, strict=True)]
+        device = self._layers[0][0].device
+        slot = torch.arange(self.slots + block_frames, device=device)
+        held = torch.tensor(lengths, device=device)[:, None]
+        real = (slot[None] < held) | (slot[None] >= self.slots)  # (B, slots + block_frames)
+        return real.repeat_interleave(self._tokens_per_frame, dim=1)
+
+    def pad_positions(self, positions: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Each rollout's window positions (its held frames, then the block), padded to the buffers' slots.
+
+        The padding stands where a shorter row's empty slots are; ``key_mask`` hides those keys.
+        """
+        padded = []
+        for held, row in zip(self.held, positions, strict=True):
+            real = len(held)
+            padded.append([*row[:real], *[0] * (self.slots - real), *row[real:]])
+        return padded
 
     def commit(self, block_kv: Sequence[LayerKV], frame_indices: Sequence[int]) -> None:
-        """Add a finished block's keys/values, evicting the oldest non-sink frames beyond capacity."""
+        """Add a finished block's keys/values to every rollout, evicting the oldest non-sink frames."""
         if len(block_kv) != self.num_layers:
             raise ValueError(f"expected keys/values for {self.num_layers} layers, got {len(block_kv)}")
         new_frames = len(frame_indices)
         tokens = block_kv[0][0].shape[1]
         if tokens % new_frames:
             raise ValueError(f"{tokens} tokens do not split into {new_frames} frames")
-        if not self._keys:
-            self._allocate(block_kv[0][0], tokens // new_frames)
-        elif tokens // new_frames != self._tokens_per_frame:
+        if block_kv[0][0].shape[0] != self.batch:
+            raise ValueError(f"a block of {block_kv[0][0].shape[0]} rollouts for a cache of {self.batch}")
+        if self._tokens_per_frame and tokens // new_frames != self._tokens_per_frame:
             raise ValueError("a block's frame size differs from the cached frames'")
+        self._tokens_per_frame = tokens // new_frames
 
-        combined = [*self.frame_indices, *frame_indices]
-        keep = frames_to_keep(len(combined), self.capacity, self.sink_frames)
-        self._gather(block_kv, keep)
-        self.frame_indices = [combined[i] for i in keep]
+        slots = self.slots
+        sources, held = [], []
+        for row in self.held:
+            # slot of each frame in (this row's buffer slots, then the block's frames)
+            combined = [*range(len(row)), *range(slots, slots + new_frames)]
+            indices = [*row, *frame_indices]
+            keep = frames_to_keep(len(combined), self.capacity, self.sink_frames)
+            sources.append([combined[i] for i in keep])
+            held.append([indices[i] for i in keep])
+        current = self.layers()
+        layers = []
+        for layer, (keys, values) in enumerate(block_kv):
+            if current is not None:
+                held_keys, held_values = current[layer]
+                keys = torch.cat([held_keys, keys.to(held_keys.dtype)], dim=1)
+                values = torch.cat([held_values, values.to(held_values.dtype)], dim=1)
+            layers.append(self._gather(keys, values, sources))
+        self._layers, self.held = layers, held
 
-    def flush(self, keep_frames: int) -> None:
-        """KV Flush: keep only the sink and the last `keep_frames` committed frames."""
-        keep = frames_to_keep(self.frames, min(self.sink_frames, self.frames) + keep_frames, self.sink_frames)
-        if keep != list(range(self.frames)):
-            self._gather(None, keep)
-            self.frame_indices = [self.frame_indices[i] for i in keep]
+    def flush(self, keep_frames: int, rows: Iterable[int] | None = None) -> None:
+        """KV Flush: the given rollouts (all by default) keep only the sink and their last `keep_frames`."""
+        self._select(rows, lambda held: min(self.sink_frames, held) + keep_frames)
 
-    def clear(self) -> None:
-        """Forget every frame (the buffers stay allocated)."""
-        self.frame_indices = []
+    def clear(self, rows: Iterable[int] | None = None) -> None:
+        """Forget every frame of the given rollouts (all by default)."""
+        self._select(rows, lambda held: 0)
 
-    def _allocate(self, like: Tensor, tokens_per_frame: int) -> None:
-        self._tokens_per_frame = tokens_per_frame
-        shape = (like.shape[0], self.capacity * tokens_per_frame, *like.shape[2:])
-        self._keys = [like.new_zeros(shape) for _ in range(self.num_layers)]
-        self._values = [like.new_zeros(shape) for _ in range(self.num_layers)]
+    def _select(self, rows: Iterable[int] | None, capacity_of: Callable[[int], int]) -> None:
+        """Keep, in each chosen rollout, the sink and the newest frames that fit `capacity_of(held)`."""
+        chosen = set(range(self.batch) if rows is None else rows)
+        sources, held = [], []
+        for index, row in enumerate(self.held):
+            keep = list(range(len(row)))
+            if index in chosen:
+                capacity = capacity_of(len(row))
+                keep = frames_to_keep(len(row), capacity, self.sink_frames) if capacity else []
+            sources.append(keep)
+            held.append([row[i] for i in keep])
+        if held == self.held:
+            return
+        current = self.layers()
+        self.held = held
+        if current is not None:
+            self._layers = [self._gather(k, v, sources) for k, v in current]
 
-    def _gather(self, block_kv: Sequence[LayerKV] | None, keep: list[int]) -> None:
-        """Rewrite the buffers to hold frames `keep` of (held frames + the block's frames).
+    def _gather(self, keys: Tensor, values: Tensor, sources: list[list[int]]) -> LayerKV:
+        """New buffers holding, in each row, the frames at slots `sources[row]` of (keys, values).
 
-        `keep` is always a prefix (the sink) and a contiguous tail, so two slices do it.
+        Rows with fewer frames than the longest are padded with copies of their first slot (or of
+        slot 0), which ``key_mask`` hides.
         """
-        sinks = min(self.sink_frames, len(keep))
-        tail_start = keep[sinks] if sinks < len(keep) else None
-        per_frame, sink_tokens = self._tokens_per_frame, sinks * self._tokens_per_frame
-        for layer in range(self.num_layers):
-            for buffers, part in ((self._keys, 0), (self._values, 1)):
-                frames = buffers[layer][:, : self.frames * per_frame]
-                if block_kv is not None:
-                    frames = torch.cat([frames, block_kv[layer][part].to(frames.dtype)], dim=1)
-                tail = frames[:, tail_start * per_frame :] if tail_start is not None else frames[:, :0]
-                kept = torch.cat([frames[:, :sink_tokens], tail], dim=1)  # a copy: sources may overlap
-                buffers[layer][:, : kept.shape[1]] = kept
+        width = max(len(s) for s in sources)
+        per_frame = self._tokens_per_frame
+        if width == 0:
+            return keys[:, :0], values[:, :0]
+        slot = torch.tensor([[*s, *[0] * (width - len(s))] for s in sources], device=keys.device)
+        token = (slot[:, :, None] * per_frame + torch.arange(per_frame, device=keys.device)).flatten(1)
+        if keys.shape[0] == 1:  # one rollout: a plain index, the common case
+            return keys[:, token[0]], values[:, token[0]]
+        row = torch.arange(keys.shape[0], device=keys.device)[:, None]
+        return keys[row, token], values[row, token]

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+SigmaLike = TypeVar("SigmaLike", float, Tensor)
+
+
+def shift_sigma(sigma: SigmaLike, shift: float) -> SigmaLike:
+    """Wan's timestep shift of a noise level in [0, 1]: shift * s / (1 + (shift - 1) s)."""
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
 
 def shifted_sigma(timestep: int, shift: float, num_train_timesteps: int = 1000) -> float:
-    """Warped sigma of a step-list timestep: sigma = s / T, then shift * s / (1 + (shift - 1) s)."""
-    s = 1.0 - (num_train_timesteps - timestep) / num_train_timesteps
-    return shift * s / (1.0 + (shift - 1.0) * s)
+    """Warped sigma of a step-list timestep: sigma = s / T, then shifted (`shift_sigma`)."""
+    return shift_sigma(1.0 - (num_train_timesteps - timestep) / num_train_timesteps, shift)
 
 
 @dataclass(frozen=True)

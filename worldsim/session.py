@@ -8,6 +8,8 @@ Each ``step()`` (Self-Forcing loop with infinity-RoPE, arXiv 2511.20649):
    classifier-free guidance against the empty prompt when ``guidance_scale`` > 1);
 4. run the model once more on the clean block and commit its keys/values to the cache;
 5. decode the block to video frames with the streaming decoder.
+
+Steps 1, 2 and 4 are ``worldsim.rollout``'s, which training calls too.
 """
 
 from __future__ import annotations
@@ -15,22 +17,37 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from models.causal_wan import TextContext
-from models.streaming_vae import DecoderState, to_uint8_frames
+from models.causal_wan import CausalWanTransformer, TextContext
+from models.streaming_vae import DecoderState, StreamingDecoder, to_uint8_frames
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
-from worldsim.positions import block_positions
+from worldsim.rollout import close_block, open_block
 from worldsim.sampler import FlowMatchSchedule, renoise, sample_block
 
 if TYPE_CHECKING:
     from worldsim.schedule import BlockEvent
-    from worldsim.world import World
+
+
+class Components(Protocol):
+    """What a session runs on (a ``worldsim.World`` is one): the model, the decoder and the text."""
+
+    model: CausalWanTransformer
+    decoder: StreamingDecoder
+    config: EngineConfig
+
+    def text_context(self, prompt: str) -> TextContext:
+        """Cross-attention keys/values of a prompt."""
+        ...
+
+    def latent_shape(self, frames: int) -> tuple[int, int, int, int, int]:
+        """Shape (1, C, frames, h, w) of a latent block."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,9 @@ class Block:
 class Session:
     """An endless rollout from a prompt and a seed; change the prompt or cut at any block."""
 
-    def __init__(self, world: World, prompt: str, seed: int = 0, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, world: Components, prompt: str, seed: int = 0, config: EngineConfig | None = None
+    ) -> None:
         self.world = world
         self.synchronize_timing = False  # wait for the device at stage ends, so stage times are exact
         self.config = config or world.config
@@ -96,54 +115,34 @@ class Session:
         config, model = self.config, self.world.model
         n = config.block_frames
 
-        # 1. Prompt change -> KV Flush; scene change -> RoPE Cut.
+        # 1-2. Prompt change -> KV Flush; scene change -> RoPE Cut; the window's temporal positions.
         changed = self._pending_prompt is not None and self._pending_prompt != self.prompt
-        if changed:
+        if changed and self._pending_prompt is not None:
             self.prompt = self._pending_prompt
             self._text = self.world.text_context(self.prompt)  # new cross-attention keys/values
             self._guided_text = None
-        cut = self._pending_cut and self.block_index > 0
-        flushed = cut or (changed and config.flush_on_prompt_change and self.block_index > 0)
-        if cut and not config.cut_keeps_sink:
-            self.cache.clear()  # a fresh window: the cut block's first frame becomes the new sink
-        elif flushed:
-            self.cache.flush(config.flush_keep_frames)
-        self._pending_prompt, self._pending_cut = None, False
-
-        # 2. Temporal positions of the window.
         start = self.latent_frames
-        positions = block_positions(
-            config, self.cache.frame_indices, start, cut=cut and config.cut_keeps_sink
-        )
+        window = open_block(self.cache, config, start, changed=[changed], cut=[self._pending_cut])
+        self._pending_prompt, self._pending_cut = None, False
 
         # 3. Denoise the block against the cache.
         started = self.clock()
-        past = self.cache.layers()
         batch = torch.ones(1, device=model.device)
 
         guidance = config.guidance_scale
         if guidance == 1.0:
 
             def flow(x: Tensor, timestep: float) -> Tensor:
-                return model(x.to(model.dtype), batch * timestep, self._text, positions, past)[0]
+                return window.predict(model, x.to(model.dtype), batch * timestep, self._text)[0]
 
         else:  # one call over (prompt, empty prompt); both attend to the same cache
             if self._guided_text is None:  # once per prompt, not per block
                 self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
             pair = self._guided_text
-            pair_past = (
-                None
-                if past is None
-                else [(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)) for k, v in past]
-            )
 
             def flow(x: Tensor, timestep: float) -> Tensor:
-                both = model(
-                    x.to(model.dtype).expand(2, -1, -1, -1, -1),
-                    batch.expand(2) * timestep,
-                    pair,
-                    positions,
-                    pair_past,
+                both = window.predict(
+                    model, x.to(model.dtype).expand(2, -1, -1, -1, -1), batch.expand(2) * timestep, pair
                 )[0]
                 conditional, unconditional = both.float().chunk(2)
                 return unconditional + guidance * (conditional - unconditional)
@@ -156,10 +155,9 @@ class Session:
 
         # 4. Context pass: the clean block's keys/values are what the cache keeps.
         context = renoise(x0, config.context_noise, self.generator)
-        _, block_kv = model(
-            context.to(model.dtype), batch * config.context_noise, self._text, positions, past
+        close_block(
+            model, self.cache, window, context.to(model.dtype), batch * config.context_noise, self._text
         )
-        self.cache.commit(block_kv, list(range(start, start + n)))
         denoised = self.clock()
 
         # 5. Decode.
@@ -172,10 +170,10 @@ class Session:
             frames=frames,
             latents=x0[0].cpu(),
             prompt=self.prompt,
-            positions=tuple(positions),
-            flushed=flushed,
-            cut=cut,
-            cache_frames=self.cache.frames,
+            positions=tuple(window.positions[0]),
+            flushed=window.flushed[0],
+            cut=window.cut[0],
+            cache_frames=self.cache.frames(),
             seconds={"transformer": denoised - started, "decode": decoded - denoised},
         )
         self.block_index += 1
