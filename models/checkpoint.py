@@ -51,6 +51,8 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file
 from torch import Tensor
 
+from models.precision import FP32_MODULES, cast_module
+
 __all__ = [
     "CheckpointError",
     "convert_original_state_dict",
@@ -460,25 +462,6 @@ def _read_folder_weights(folder: Path) -> dict[str, Tensor]:
     )
 
 
-def _keeps_fp32(name: str) -> bool:
-    """Whether diffusers keeps this parameter or buffer in float32 whatever the model dtype."""
-    segments = name.split(".")
-    return any(module in segments for module in WanTransformer3DModel._keep_in_fp32_modules or ())
-
-
-@torch.no_grad()
-def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast floating parameters and buffers to ``dtype``, except those diffusers keeps in float32."""
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        for name, parameter in module.named_parameters(recurse=False):
-            if parameter.is_floating_point() and not _keeps_fp32(prefix + name):
-                parameter.data = parameter.data.to(dtype)
-        for name, buffer in module.named_buffers(recurse=False):
-            if buffer.is_floating_point() and not _keeps_fp32(prefix + name):
-                setattr(module, name, buffer.to(dtype))
-
-
 def load_diffusers_transformer(
     folder: PathLike, *, torch_dtype: torch.dtype | None = None
 ) -> WanTransformer3DModel:
@@ -508,5 +491,5 @@ def load_diffusers_transformer(
         raise CheckpointError(f"weights in {folder}: {exc}") from exc
     transformer.load_state_dict(weights, strict=True)
     if torch_dtype is not None:
-        _cast(transformer, torch_dtype)
+        cast_module(transformer, torch_dtype, keep_fp32=FP32_MODULES)
     return transformer.eval()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from torch import Tensor, nn
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 # ---------------------------------------------------------------------------------------------
 # Causal 3D convolutions as 2D convolutions, for the CPU
@@ -53,15 +56,15 @@ class FrameWiseCausalConv3d(WanCausalConv3d):
         batch, channels, frames, height, width = input.shape
         taps = weight.shape[2]
         out_frames = frames - taps + 1
-        out = None
+        out = torch.zeros(())  # replaced by the first tap's term
         for tap in range(taps):
             window = input[:, :, tap : tap + out_frames].transpose(1, 2).reshape(-1, channels, height, width)
             term = F.conv2d(window, weight[:, :, tap], bias if tap == 0 else None, self.stride[1:])
-            out = term if out is None else out + term  # (B*T', C_out, H', W')
+            out = term if tap == 0 else out + term  # (B*T', C_out, H', W')
         return out.unflatten(0, (batch, out_frames)).transpose(1, 2)  # (B, C_out, T', H', W')
 
 
-def use_frame_convolutions(module: nn.Module) -> nn.Module:
+def use_frame_convolutions(module: ModuleT) -> ModuleT:
     """Switch every ``WanCausalConv3d`` inside `module` to :class:`FrameWiseCausalConv3d`, in place.
 
     Only the class changes (the parameters and buffers stay), so the state dict, ``save_pretrained``
@@ -73,7 +76,7 @@ def use_frame_convolutions(module: nn.Module) -> nn.Module:
     return module
 
 
-def use_stock_convolutions(module: nn.Module) -> nn.Module:
+def use_stock_convolutions(module: ModuleT) -> ModuleT:
     """Undo :func:`use_frame_convolutions`: every ``FrameWiseCausalConv3d`` inside `module` is diffusers'
     ``WanCausalConv3d`` again, in place; returns `module`.
 

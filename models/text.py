@@ -220,3 +220,68 @@ class CachedTextEncoder:
         if len(self._states) > self.capacity:
             self._states.popitem(last=False)
         return states
+
+
+class TextEncoderError(ValueError):
+    """A text encoder that cannot be made from its description; the message names the field or file."""
+
+
+TEXT_ENCODER_KINDS = ("umt5", "minilm", "hash")
+
+
+def text_encoder_from_spec(
+    spec: dict[str, Any],
+    folder: Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TextEncoder:
+    """The text encoder a bundle's ``text_encoder`` entry describes; paths in it are relative to `folder`.
+
+    ``{"kind": "umt5", "path": ..., "tokenizer": ..., "max_length": 512}``,
+    ``{"kind": "minilm", "path": ... (default: the installed package), "max_length": 16, "whitening": FILE}``
+    or ``{"kind": "hash", "dim": ..., "length": 16}``.
+    """
+    from safetensors import SafetensorError
+
+    kind = spec.get("kind")
+    if kind not in TEXT_ENCODER_KINDS:
+        raise TextEncoderError(f"unknown text encoder kind {kind!r} (known: {', '.join(TEXT_ENCODER_KINDS)})")
+    for key in ("path", "tokenizer", "whitening"):
+        if key in spec and not isinstance(spec[key], str):
+            raise TextEncoderError(f"text_encoder.{key} must be a path (a string), not {spec[key]!r}")
+    for key in ("max_length", "dim", "length"):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TextEncoderError(f"text_encoder.{key} must be a positive whole number, not {value!r}")
+    if kind == "hash":
+        if "dim" not in spec:
+            raise TextEncoderError("the hash text encoder needs 'dim' (the transformer's text_dim)")
+        return HashTextEncoder(spec["dim"], spec.get("length", 16), device=device)
+    if kind == "umt5":
+        path = folder / spec.get("path", "text_encoder")
+        tokenizer = folder / spec.get("tokenizer", spec.get("path", "tokenizer"))
+        try:
+            return UMT5TextEncoder(
+                path, tokenizer, max_length=spec.get("max_length", 512), device=device, dtype=dtype
+            )
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            raise TextEncoderError(
+                f"cannot load the UMT5 text encoder from {path} (tokenizer {tokenizer}): {err}"
+            ) from err
+    try:
+        encoder: TextEncoder = MiniLMTextEncoder(
+            folder / spec["path"] if spec.get("path") else None,
+            max_length=spec.get("max_length", 16),
+            device=device,
+        )
+    except (OSError, ValueError) as err:
+        raise TextEncoderError(f"cannot load the MiniLM text encoder: {err}") from err
+    if spec.get("whitening"):
+        path = folder / spec["whitening"]
+        if not path.is_file():
+            raise TextEncoderError(f"the text whitening file {path} is missing")
+        try:
+            encoder = WhitenedTextEncoder(encoder, Whitening.load(path))
+        except ValueError as err:
+            raise TextEncoderError(f"cannot use the text whitening: {err}") from err
+    return encoder

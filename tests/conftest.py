@@ -10,8 +10,9 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from models.text import HashTextEncoder
+from worldsim.bundle import Parts, assemble_world, save_bundle
 from worldsim.config import EngineConfig
-from worldsim.world import World, assemble_world, save_bundle
+from worldsim.world import World
 
 TINY_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
@@ -44,21 +45,22 @@ def tiny_vae(seed: int = 0) -> AutoencoderKLWan:
     return AutoencoderKLWan(**TINY_VAE).eval()
 
 
-def tiny_world(engine: EngineConfig | None = None, seed: int = 0) -> World:
-    return assemble_world(
-        "test-tiny",
-        tiny_transformer(seed),
-        tiny_vae(seed),
-        HashTextEncoder(TINY_TRANSFORMER["text_dim"], length=5),
-        engine or EngineConfig(),
-        HEIGHT,
-        WIDTH,
-        LATENTS_MEAN,
-        LATENTS_STD,
-        "cpu",
-        torch.float32,
-        "sdpa",
+def tiny_parts(engine: EngineConfig | None = None, seed: int = 0) -> Parts:
+    return Parts(
+        name="test-tiny",
+        transformer=tiny_transformer(seed),
+        vae=tiny_vae(seed),
+        text=HashTextEncoder(TINY_TRANSFORMER["text_dim"], length=5),
+        engine=engine or EngineConfig(),
+        height=HEIGHT,
+        width=WIDTH,
+        latents_mean=LATENTS_MEAN,
+        latents_std=LATENTS_STD,
     )
+
+
+def tiny_world(engine: EngineConfig | None = None, seed: int = 0) -> World:
+    return assemble_world(tiny_parts(engine, seed))
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +83,8 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
         name="test-tiny",
         latents_mean=LATENTS_MEAN,
         latents_std=LATENTS_STD,
-        extra={"scenario": "scenario.toml"},
+        scenario="scenario.toml",
     )
-    scenario = Path(__file__).resolve().parent.parent / "envs" / "tiny_scenario.toml"
+    scenario = Path(__file__).resolve().parent.parent / "envs" / "procedural" / "scenario.toml"
     shutil.copyfile(scenario, folder / "scenario.toml")
     return str(folder)

@@ -31,8 +31,8 @@ from tests.conftest import (
     tiny_world,
 )
 from tests.test_checkpoint import to_original_name as original_name
+from worldsim.bundle import BUNDLE_FILE, BundleError, Parts, assemble_world, save_bundle
 from worldsim.config import PRESETS, EngineConfig
-from worldsim.world import BUNDLE_FILE, BundleError, assemble_world, save_bundle
 
 SEED = 7  # weights of the saved bundle; not the default seed, so a fresh random model cannot match it
 CHECKPOINT_SEED = 11  # weights of the generator checkpoint loaded over the bundle's
@@ -317,8 +317,10 @@ def test_bundle_with_umt5_text_encoder_steps(umt5: tuple[Path, Path], tmp_path: 
     assert block.frames.shape == (9, HEIGHT, WIDTH, 3) and block.frames.dtype == np.uint8
 
     reference = assemble_world(
-        "reference", tiny_transformer(SEED), tiny_vae(SEED), UMT5TextEncoder(*umt5, max_length=8),
-        EngineConfig(), HEIGHT, WIDTH, LATENTS_MEAN, LATENTS_STD, "cpu", torch.float32, "sdpa",
+        Parts(
+            "reference", tiny_transformer(SEED), tiny_vae(SEED), UMT5TextEncoder(*umt5, max_length=8),
+            EngineConfig(), HEIGHT, WIDTH, LATENTS_MEAN, LATENTS_STD,
+        )
     )  # fmt: skip
     assert np.array_equal(block.frames, reference.session(PROMPT, seed=2).step().frames)
 
@@ -511,7 +513,7 @@ def test_session_settings_are_validated(bundle: Path) -> None:
 
 def test_the_built_in_tiny_bundle_ships_loads_by_name_and_plays() -> None:
     import worldsim
-    from worldsim.world import BUILTIN_BUNDLES
+    from worldsim.bundle import BUILTIN_BUNDLES
 
     folder = BUILTIN_BUNDLES / "tiny"
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.conftest import HEIGHT, LATENTS_MEAN, LATENTS_STD, WIDTH, tiny_transformer, tiny_vae
+from worldsim.bundle import save_bundle
 from worldsim.cli import main
 from worldsim.config import EngineConfig
 from worldsim.video import read_video
-from worldsim.world import save_bundle
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ _EXPORTS = {
     "EngineConfig": "worldsim.config",
     "Block": "worldsim.session",
     "Session": "worldsim.session",
-    "BundleError": "worldsim.world",
+    "BundleError": "worldsim.bundle",
     "World": "worldsim.world",
-    "load": "worldsim.world",
-    "random_world": "worldsim.world",
+    "load": "worldsim.bundle",
+    "random_world": "worldsim.bundle",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -123,7 +123,7 @@ def torch_setup(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 def open_world(args: argparse.Namespace) -> World:
     from models.checkpoint import CheckpointError
-    from worldsim.world import BundleError, load, random_world
+    from worldsim.bundle import BundleError, load, random_world
 
     device, dtype = torch_setup(args.device, args.dtype)
     try:

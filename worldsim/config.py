@@ -9,6 +9,7 @@ width, video size) so that a model with random weights can be built for tests an
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,8 @@ class EngineConfig:
             raise ValueError(
                 f"unknown engine settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
+        for name, value in values.items():
+            _check_type(name, value, _FIELD_KINDS[name])
         values = dict(values)
         if "denoising_steps" in values:
             values["denoising_steps"] = tuple(values["denoising_steps"])
@@ -95,6 +98,30 @@ class EngineConfig:
     def replace(self, **changes: Any) -> EngineConfig:
         """A copy with some settings changed (and validated)."""
         return EngineConfig.from_dict({**self.to_dict(), **changes})
+
+
+# What each engine setting holds, as JSON gives it.
+_FIELD_KINDS: dict[str, str] = {
+    f.name: {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}.get(
+        str(f.type), "a list of whole numbers"
+    )
+    for f in dataclasses.fields(EngineConfig)
+}
+
+
+def _check_type(name: str, value: Any, kind: str) -> None:
+    """Refuse a setting of the wrong JSON type, naming the setting (a string where a number goes, ...)."""
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    number = lambda v: (whole(v) or isinstance(v, float)) and math.isfinite(v)  # noqa: E731
+    fits = {
+        "a whole number": whole,
+        "a number": number,
+        "true or false": lambda v: isinstance(v, bool),
+        "a string": lambda v: isinstance(v, str),
+        "a list of whole numbers": lambda v: isinstance(v, (list, tuple)) and all(whole(t) for t in v),
+    }[kind]
+    if not fits(value):
+        raise ValueError(f"engine setting {name!r} must be {kind}, not {value!r}")
 
 
 # Wan2.1 VAE latent statistics (per channel), used to normalise latents for the transformer.

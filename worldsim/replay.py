@@ -90,7 +90,11 @@ class ReplayWriter:
 
     def write(self, block: Block, action: str = "") -> None:
         """Record the block just generated, with the action that led to it."""
-        self._write({"block": block.index, "action": action, "prompt": block.prompt, "cut": block.cut})
+        self.write_event(block.index, action, block.prompt, block.cut)
+
+    def write_event(self, block: int, action: str, prompt: str, cut: bool) -> None:
+        """Record what ran before block `block`: the action, the prompt it ran under, and whether it cut."""
+        self._write({"block": block, "action": action, "prompt": prompt, "cut": cut})
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is None:
@@ -125,7 +129,8 @@ def read_replay(path: str | Path) -> Replay:
     if missing:
         raise ReplayError(f"{path}: the header lacks {', '.join(missing)}")
 
-    events, truncated = [], False
+    events: list[ReplayEvent] = []
+    truncated = False
     for number, line in enumerate(lines[1:], start=2):
         try:
             record = json.loads(line)
