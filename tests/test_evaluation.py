@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from envs.evaluation import RoundTripRollout, TruthRollout, block_frame_counts, evaluate, format_table
-from envs.probes import motion_direction
-from envs.procedural import BIOMES
+from envs.procedural.probes import motion_direction
+from envs.procedural.world import BIOMES
+from envs.tiny.evaluate import RoundTripRollout, TruthRollout, block_frame_counts, evaluate, format_table
+from worldsim.bundle import random_world
 from worldsim.cli import main
-from worldsim.world import random_world
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_settled_round_trip_recodes_from_a_switch_on_and_follows_the_bundles_rec
     import dataclasses
     import json
 
-    from envs.evaluation import data_set_coding
+    from envs.tiny.evaluate import data_set_coding
 
     first, later = block_frame_counts(world)
     blocks = {}
@@ -54,6 +54,7 @@ def test_settled_round_trip_recodes_from_a_switch_on_and_follows_the_bundles_rec
     assert data_set_coding(dataclasses.replace(world, source=str(tmp_path))) == (7, False)
 
 
+@pytest.mark.slow
 def test_eval_rows_and_table(world) -> None:
     rows = evaluate(world, frames=100, quick=True)
     assert [r.name for r in rows] == [world.name, "ground truth", "ground truth through the VAE"]
@@ -87,8 +88,8 @@ def test_eval_refuses_a_short_walk(capsys) -> None:
 
 
 def test_motion_of_short_blocks_is_read_with_a_lead_in_from_the_block_before() -> None:
-    from envs.evaluation import action_following, with_lead_in
-    from envs.probes import MOTION_LAG
+    from envs.procedural.probes import MOTION_LAG
+    from envs.tiny.evaluate import action_following, with_lead_in
 
     previous, frames = np.zeros((12, 2, 2, 3), np.uint8), np.ones((4, 2, 2, 3), np.uint8)
     joined = with_lead_in(previous, frames)
@@ -100,8 +101,8 @@ def test_motion_of_short_blocks_is_read_with_a_lead_in_from_the_block_before() -
 
 
 def test_a_switch_block_is_read_over_the_block_alone() -> None:
-    from envs.evaluation import with_lead_in
-    from envs.probes import camera_motion
+    from envs.procedural.probes import camera_motion
+    from envs.tiny.evaluate import with_lead_in
 
     truth = TruthRollout(1, 4)
     truth.start("meadow", "day", "north", seed=1)
@@ -124,7 +125,7 @@ class StuckRollout(TruthRollout):
 
 
 def test_every_switch_and_cut_is_recorded_with_what_it_showed() -> None:
-    from envs.evaluation import LATENCY_CAP, cut_accuracy, latency_by_kind, measure_cuts, measure_switches
+    from envs.tiny.evaluate import LATENCY_CAP, cut_accuracy, latency_by_kind, measure_cuts, measure_switches
 
     switches = measure_switches(TruthRollout(1, 4), switches=6, seed=0)
     assert [s.kind for s in switches] == ["light", "action"] * 3
@@ -143,7 +144,7 @@ def test_every_switch_and_cut_is_recorded_with_what_it_showed() -> None:
 
 
 def test_the_table_names_late_switches_missed_cuts_and_the_quality_gap() -> None:
-    from envs.evaluation import Cut, EvalResult, Switch, paired_gap
+    from envs.tiny.evaluate import Cut, EvalResult, Switch, paired_gap
 
     mean, error = paired_gap(np.array([0.5, 0.6, 0.7]), np.array([0.4, 0.4, 0.4]))
     assert mean == pytest.approx(0.2) and error == pytest.approx(0.1 / math.sqrt(3))

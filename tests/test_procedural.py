@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from envs.probes import (
+from envs.procedural.probes import (
     biome_of,
     color_features,
     condition_of,
@@ -17,7 +17,7 @@ from envs.probes import (
     phase_correlation,
     reference_frames,
 )
-from envs.procedural import (
+from envs.procedural.world import (
     ACTION_TEXT,
     ACTIONS,
     BIOME_TEXT,

@@ -10,28 +10,25 @@ import numpy as np
 import pytest
 import torch
 
-from envs.probes import biome_of, classify, motion_direction
-from envs.procedural import ACTION_TEXT, ACTIONS
-from envs.training import (
-    TrainConfig,
-    build_dataset,
-    bundle_engine,
-    dataset_episodes,
+from envs.procedural.probes import biome_of, classify, motion_direction
+from envs.procedural.world import ACTION_TEXT, ACTIONS
+from envs.tiny.config import TrainConfig, bundle_engine
+from envs.tiny.data import build_dataset, dataset_episodes, encode_episodes, make_episode
+from envs.tiny.losses import (
     decoder_frame_weights,
-    encode_episodes,
-    load_checkpoint,
-    make_episode,
     own_prediction,
+    prompt_changes,
     reconstruction_loss,
     rollout_loss,
     switch_weights,
     texture_loss,
-    train,
-    train_vae,
-    tune_decoder,
 )
-from worldsim.config import PRESETS
-from worldsim.world import load_vae_folder, random_world
+from envs.tiny.stages import load_checkpoint
+from envs.tiny.train import train, train_vae, tune_decoder
+from worldsim.bundle import load_vae_folder, random_world
+from worldsim.cache import KVCache
+from worldsim.config import PRESETS, EngineConfig
+from worldsim.rollout import open_block
 
 
 def small(run, bundle, **changes) -> TrainConfig:
@@ -147,8 +144,8 @@ def test_train_writes_a_bundle_that_loads_and_plays(tmp_path) -> None:
 
 
 def test_readme_figure_shows_model_and_world_rows() -> None:
-    from envs.figure import COLUMNS, SHOTS, rollout_figure
-    from worldsim.world import random_world
+    from envs.tiny.figure import COLUMNS, SHOTS, rollout_figure
+    from worldsim.bundle import random_world
 
     world = random_world("tiny")
     image = np.asarray(rollout_figure(world, scale=1))
@@ -181,10 +178,13 @@ def test_own_prediction_replaces_the_chosen_share_of_blocks_by_a_one_step_estima
     text = model.encode_text(torch.randn(4, 16, 384))
     clean = torch.randn(4, 16, 3, 16, 16)
     positions = [[0, 1, 2]] * 4
+    cache = KVCache(model.num_layers, capacity=3, sink_frames=1, batch=4)
+    window = open_block(cache, EngineConfig(), 0, [False] * 4, [False] * 4)  # a first block: no past
+    assert window.positions == positions and window.past is None
 
     def run(share: float, last_sigma: float) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
-        return own_prediction(model, clean, text, positions, None, torch.tensor(last_sigma), share, generator)
+        return own_prediction(model, clean, text, window, torch.tensor(last_sigma), share, generator)
 
     torch.testing.assert_close(run(0.0, 0.4), clean, atol=0, rtol=0)
     # At noise level 0 the one-step estimate is the clean block whatever the weights predict.
@@ -236,7 +236,7 @@ def test_qk_norm_init_sets_every_self_attention_norm(tmp_path) -> None:
 def test_a_run_can_start_from_a_trained_transformer_of_the_same_architecture(tmp_path) -> None:
     from diffusers import WanTransformer3DModel
 
-    from envs.training import start_from
+    from envs.tiny.train import start_from
 
     world = random_world("tiny", seed=3)
     trained = world.model.transformer
@@ -253,7 +253,8 @@ def test_a_run_can_start_from_a_trained_transformer_of_the_same_architecture(tmp
 
 
 def test_clip_prompts_and_cuts_expand_to_model_blocks_of_one_frame() -> None:
-    from envs.training import bundle_engine, per_model_block
+    from envs.tiny.config import bundle_engine
+    from envs.tiny.data import per_model_block
 
     prompts, cuts = per_model_block(["a", "b"], [False, True], 1)
     assert prompts == ["a", "a", "a", "b", "b", "b"]
@@ -268,7 +269,7 @@ def test_clip_prompts_and_cuts_expand_to_model_blocks_of_one_frame() -> None:
 def test_train_command_reads_true_and_false() -> None:
     import argparse
 
-    from envs.training import register_cli
+    from envs.tiny.train import register_cli
 
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
@@ -350,13 +351,14 @@ def test_rollout_loss_with_weights_is_the_weighted_mean_of_the_clips_block_losse
     torch.manual_seed(0)
     latents, text_states = torch.randn(2, 16, 3, 16, 16), torch.randn(2, 3, 16, 384)
     cuts = [[False, False, True], [False] * 3]
+    changed = prompt_changes([["a", "a", "b"], ["a", "b", "b"]])
     sigma_choices = torch.tensor([0.9, 0.6, 0.3])
 
     def loss(weights: torch.Tensor | None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)  # the same noise on every call
         with torch.no_grad():
-            return rollout_loss(model, latents, text_states, cuts, engine, sigma_choices, 0.25, generator,
-                                weights=weights)  # fmt: skip
+            return rollout_loss(model, latents, text_states, changed, cuts, engine, sigma_choices, 0.25,
+                                generator, weights=weights)  # fmt: skip
 
     plain = loss(None)
     torch.testing.assert_close(loss(torch.ones(2, 3)), plain)
@@ -417,10 +419,12 @@ def test_the_latent_data_set_is_kept_while_the_encoder_stays_the_same(tmp_path) 
 def test_every_training_flag_says_what_it_does(capsys) -> None:
     import dataclasses
 
-    from envs.training import FLAG_HELP, TrainConfig
+    from envs.tiny.config import TrainConfig, field_help
     from worldsim.cli import main
 
-    assert set(FLAG_HELP) == {f.name for f in dataclasses.fields(TrainConfig)}
+    helps = field_help(TrainConfig)
+    assert set(helps) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(len(text) > 10 for text in helps.values())
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal

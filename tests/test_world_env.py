@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs.procedural import ProceduralWorld
-from envs.rewards import REWARDS
+from envs.procedural.rewards import REWARDS
+from envs.procedural.world import ProceduralWorld
 from envs.world_env import WorldEnv
+from envs.wrappers import RecordReplay
 from tests.conftest import HEIGHT, WIDTH
+from worldsim.bundle import load
 from worldsim.replay import read_replay, replay_blocks
-from worldsim.world import load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +100,7 @@ def test_importing_envs_registers_without_loading_torch() -> None:
 def test_worlds_are_loaded_once_and_shared(tiny_bundle: str) -> None:
     a, b = WorldEnv(model=tiny_bundle), WorldEnv(model=str(Path(tiny_bundle) / "."))
     assert a.world is b.world
-    shared = WorldEnv(world=a.world, scenario=str(ROOT / "envs" / "tiny_scenario.toml"))
+    shared = WorldEnv(world=a.world, scenario=str(ROOT / "envs" / "procedural" / "scenario.toml"))
     assert shared.world is a.world
 
 
@@ -152,7 +153,7 @@ def test_actions_change_the_prompt(env: WorldEnv) -> None:
     _, _, _, _, info = env.step(np.int64(env.scenario.index("desert")))
     assert info["cut"] and info["flushed"]
     assert info["prompt"] == "a sandy desert, bright daylight, walking east"
-    assert env.slots["scene"] == "a sandy desert"
+    assert env.prompts.slots["scene"] == "a sandy desert"
 
     _, _, _, _, info = env.step(0)
     assert not info["flushed"] and not info["cut"] and info["action"] == "noop"
@@ -163,15 +164,16 @@ def test_actions_change_the_prompt(env: WorldEnv) -> None:
     assert info["block"] == 5
 
 
-def test_truncation_and_never_terminated(tiny_bundle: str) -> None:
-    env = WorldEnv(model=tiny_bundle, max_episode_steps=3)
+def test_make_truncates_with_a_time_limit_and_the_world_never_terminates(tiny_bundle: str) -> None:
+    env = gymnasium.make("envs:worldsim/World-v0", model=tiny_bundle, max_episode_steps=3)
     env.reset(seed=0)
     ends = [env.step(0)[2:4] for _ in range(3)]
     assert ends == [(False, False), (False, False), (False, True)]
     env.reset(seed=0)
     assert env.step(0)[2:4] == (False, False)
+    assert gymnasium.make("envs:worldsim/World-v0", model=tiny_bundle).spec.max_episode_steps == 1000
 
-    endless = WorldEnv(model=tiny_bundle, max_episode_steps=None)
+    endless = WorldEnv(model=tiny_bundle)
     endless.reset(seed=0)
     assert all(endless.step(0)[2:4] == (False, False) for _ in range(4))
 
@@ -210,12 +212,12 @@ def test_runs_in_a_vector_env(tiny_bundle: str) -> None:
     envs.close()
 
 
-def test_record_replays_bit_identically(tiny_bundle: str, tmp_path: Path) -> None:
-    env = WorldEnv(model=tiny_bundle, record=str(tmp_path / "episode-{episode}.jsonl"))
+def test_recorded_episodes_replay_bit_identically(tiny_bundle: str, tmp_path: Path) -> None:
+    env = RecordReplay(WorldEnv(model=tiny_bundle), tmp_path / "episode-{episode}.jsonl")
     _, info = env.reset(seed=11)
     hashes = [digest(info["frames"])]
     for name in ("east", "desert", "night", "noop"):
-        _, _, _, _, info = env.step(env.scenario.index(name))
+        _, _, _, _, info = env.step(env.unwrapped.scenario.index(name))
         hashes.append(digest(info["frames"]))
     env.reset(seed=12)
     env.close()
@@ -233,13 +235,17 @@ def test_record_replays_bit_identically(tiny_bundle: str, tmp_path: Path) -> Non
 
 def test_record_without_episode_overwrites(tiny_bundle: str, tmp_path: Path) -> None:
     path = tmp_path / "play.jsonl"
-    env = WorldEnv(model=tiny_bundle, record=str(path))
+    env = RecordReplay(WorldEnv(model=tiny_bundle), path)
     env.reset(seed=0)
     env.step(0)
     env.reset(seed=1)
     lines = path.read_text().splitlines()
     env.close()
-    assert len(lines) == 2 and read_replay(path).seed == env.session.seed
+    assert len(lines) == 2 and read_replay(path).seed == env.unwrapped.session.seed
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        RecordReplay(WorldEnv(model=tiny_bundle), tmp_path / "missing" / "play.jsonl")
+    with pytest.raises(TypeError, match="records a WorldEnv"):
+        RecordReplay(gymnasium.make("CartPole-v1"), path)
 
 
 def test_travel_rewards_on_ground_truth() -> None:
@@ -283,7 +289,7 @@ def test_invalid_actions(env: WorldEnv) -> None:
         env.step(0)
     env.reset(seed=0)
     for bad in (12, -1, "jump", 1.5, True, None):
-        with pytest.raises(ValueError, match=r"0\.\.11.*noop"):
+        with pytest.raises(ValueError, match=r"known: 0=noop, .*, 11=tundra"):
             env.step(bad)
     assert env.step(11)[4]["block"] == 1  # a refused action generates nothing
 

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from envs.procedural import ACTIONS, BIOMES, CONDITIONS, MOVES, ProceduralWorld, WorldConfig
+from envs.procedural.world import ACTIONS, BIOMES, CONDITIONS, MOVES, ProceduralWorld, WorldConfig
 
 __all__ = [
     "biome_of",

@@ -5,9 +5,9 @@ float. They read the frames only, so they score any model that draws the procedu
 world model as much as the ground truth:
 
 * ``travel_<direction>``: how fast the camera moved that way over the block, in units of the world's
-  walking speed per frame (:func:`envs.probes.camera_motion`). Walking that way scores about 1.0, the
-  opposite way about -1.0, across or standing still about 0.0.
-* ``reach_<biome>``: 1.0 when the block shows that biome (:func:`envs.probes.biome_of`), else 0.0.
+  walking speed per frame (:func:`envs.procedural.probes.camera_motion`). Walking that way scores
+  about 1.0, the opposite way about -1.0, across or standing still about 0.0.
+* ``reach_<biome>``: 1.0 when the block shows that biome (:func:`envs.procedural.probes.biome_of`), else 0.0.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.probes import biome_of, camera_motion
-from envs.procedural import BIOMES, MOVES, WorldConfig
+from envs.procedural.probes import biome_of, camera_motion
+from envs.procedural.world import BIOMES, MOVES, WorldConfig
 
 __all__ = ["REWARDS", "RewardFn", "reach", "resolve_reward", "travel"]
 

@@ -82,7 +82,7 @@ ACTION_TEXT: Mapping[str, str] = {
 }
 PROMPT_TEMPLATE = "{scene}, {condition}, {action}"
 
-SCENARIO_PATH = Path(__file__).with_name("tiny_scenario.toml")
+SCENARIO_PATH = Path(__file__).with_name("scenario.toml")
 
 SPRITE_SIZE = 6
 # Fraction of tiles that hold an object rather than bare ground.
@@ -255,7 +255,7 @@ class _Canvas:
     def dots(self, count: int, colors: Sequence[Sequence[float]], radius: float = 0.6) -> None:
         for _ in range(count):
             cy, cx = self.rng.uniform(1.0, 15.0, 2)
-            self.paint(self.ellipse(cy, cx, radius), colors[self.rng.integers(len(colors))])
+            self.paint(self.ellipse(cy, cx, radius), colors[int(self.rng.integers(len(colors)))])
 
     def strokes(self, count: int, color: Sequence[float], length: float = 3.0) -> None:
         """Short near-vertical strokes (grass blades)."""

@@ -1,10 +1,10 @@
 """`worldsim eval`: the tiny world model measured against the procedural ground truth.
 
 Every column is computed the same way for the model and for the ground-truth world (the ceiling
-row), with the probes of ``envs.probes``:
+row), with the probes of ``envs.procedural.probes``:
 
 - ``action_following``: share of blocks generated while an action is held whose measured motion
-  (cross-correlation of frames 4 apart, ``envs.probes.camera_motion``, each frame of the block
+  (cross-correlation of frames 4 apart, ``envs.procedural.probes.camera_motion``, each frame of the block
   against the one 4 before it, which for its first frames lies in the block before) is the
   commanded direction (or idle);
 - ``switch_latency_blocks``: after a prompt switch (a new action or a new light), how many blocks
@@ -44,9 +44,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from envs.probes import MOTION_LAG, biome_of, condition_of, frame_quality, motion_direction, reference_frames
-from envs.procedural import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
-from envs.training import CARD_FILE, EVAL_MARKERS, TrainConfig
+from envs.procedural.probes import (
+    MOTION_LAG,
+    biome_of,
+    condition_of,
+    frame_quality,
+    motion_direction,
+    reference_frames,
+)
+from envs.procedural.world import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
+from envs.tiny.card import CARD_FILE, EVAL_MARKERS
+from envs.tiny.config import TrainConfig
 from models.streaming_vae import StreamingEncoder, from_uint8_frames, to_uint8_frames
 from worldsim.bench import run_bench
 from worldsim.config import EngineConfig
@@ -178,7 +186,7 @@ class RoundTripRollout(Rollout):
     """The ground-truth world through the bundle's VAE, in the regime a model rollout is decoded in.
 
     The transformer learned steady-state codes: its data set encodes every clip after
-    ``warmup_latents`` latent frames of the same walk (``envs.training.build_dataset``). So each
+    ``warmup_latents`` latent frames of the same walk (``envs.tiny.data.build_dataset``). So each
     rollout here first encodes that many latent frames of a walk under the first command, and drops
     them; then each block is encoded behind them (the causal encoder keeps its cache) and decoded by
     the bundle's streaming decoder from a fresh cache, as a model rollout is. The first block then
@@ -434,6 +442,7 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     config = world.config
     first, later = block_frame_counts(world)
     episodes, switches, cuts = (3, 4, 6) if quick else (18, 18, 18)
+    speed_frames = 200 if quick else 2000  # frames the ceilings' speed is timed over
     window = min(1000, frames // 2)
     reference = reference_frames("meadow", "day", 256, seed=seed + 99)
 
@@ -483,7 +492,7 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
         source = make(config)
         source.start("meadow", "day", "east", seed)
         started, produced = time.perf_counter(), 0
-        while produced < 2000:
+        while produced < speed_frames:
             produced += len(source.step("meadow", "day", "east"))
         ceiling.fps = produced / (time.perf_counter() - started)
         ceilings.append(ceiling)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image, ImageDraw
 
-from envs.evaluation import ModelRollout, Rollout, TruthRollout, block_frame_counts
-from worldsim.world import World, load
+from envs.tiny.evaluate import ModelRollout, Rollout, TruthRollout, block_frame_counts
+from worldsim.bundle import load
+from worldsim.world import World
 
 # (biome, condition, action, cut, title) of each shot, three blocks each
 SHOTS = (
@@ -40,29 +41,38 @@ def shot_frames(rollout: Rollout, seed: int, blocks_per_shot: int) -> list[list[
     return shots
 
 
-def rollout_figure(world: World, seed: int = 0, scale: int = 2) -> Image.Image:
-    """The picture: per shot, a labelled row of model frames over a row of ground-truth frames."""
+def rollout_figure(world: World, seed: int = 0, scale: int = 2) -> np.ndarray:
+    """The picture, (H, W, 3) uint8 RGB: per shot, a labelled row of model frames over ground-truth frames."""
     model, truth = ModelRollout(world), TruthRollout(*block_frame_counts(world))
     blocks = max(1, SHOT_LATENT_FRAMES // world.config.block_frames)
     rows = zip(shot_frames(model, seed, blocks), shot_frames(truth, seed, blocks), strict=True)
     tile, pad, label = world.height * scale, 4, 16
     width = COLUMNS * tile + (COLUMNS - 1) * pad
     height = len(SHOTS) * (label + 2 * tile + 2 * pad)
-    image = Image.new("RGB", (width, height), (24, 24, 28))
-    draw = ImageDraw.Draw(image)
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = (24, 24, 28)
     y = 0
     for index, (model_frames, truth_frames) in enumerate(rows):
         first_block = index * blocks
-        title = SHOTS[index][4]
-        draw.text((4, y + 2), f"blocks {first_block}-{first_block + blocks - 1}: {title}  "
-                  "(top: model, bottom: world)", fill=(235, 235, 235))  # fmt: skip
+        title = (
+            f"blocks {first_block}-{first_block + blocks - 1}: {SHOTS[index][4]}  (top: model, bottom: world)"
+        )
+        cv2.putText(image, title, (4, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1, cv2.LINE_AA)
         y += label
         for frames in (model_frames, truth_frames):
             for column, frame in enumerate(frames):
                 x = column * (tile + pad)
-                image.paste(Image.fromarray(frame).resize((tile, tile), Image.NEAREST), (x, y))
+                image[y : y + tile, x : x + tile] = cv2.resize(
+                    frame, (tile, tile), interpolation=cv2.INTER_NEAREST
+                )
             y += tile + pad
     return image
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write an RGB image as PNG (OpenCV stores BGR)."""
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/rollout.png"))
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    rollout_figure(load(args.model), seed=args.seed).save(args.out)
+    save_png(rollout_figure(load(args.model), seed=args.seed), args.out)
     print(f"wrote {args.out}")
     return 0
 
