@@ -37,7 +37,7 @@ import numpy as np
 from controllers import Controller, KeyboardController
 from worldsim.cli import CommandError, model_options, open_world
 from worldsim.config import EngineConfig
-from worldsim.scenario import Scenario, ScenarioError, load_scenario
+from worldsim.scenario import PromptState, Scenario, ScenarioError, load_scenario
 
 if TYPE_CHECKING:
     import pygame
@@ -124,7 +124,7 @@ class BlockProducer:
         self.running = threading.Event()  # cleared while paused
         self.running.set()
         self._room = threading.Semaphore(ahead)  # released by the window as it takes each block
-        self._slots = dict(scenario.start)
+        self.prompts = PromptState(scenario)
         self.thread = threading.Thread(target=self._run, name=THREAD_PREFIX + "generator", daemon=True)
 
     def start(self) -> None:
@@ -158,16 +158,15 @@ class BlockProducer:
                 if not self._wait(self.running.wait):
                     return
                 info = {"block": self.session.block_index, "prompt": self.session.prompt}
-                action = self.scenario.action(self.controller.act(obs, info))
-                self._slots, cut = self.scenario.apply(self._slots, action)
-                self.session.follow(self.scenario.prompt(self._slots), cut)
+                change = self.prompts.apply(self.controller.act(obs, info))
+                self.session.follow(change.prompt, change.cut)
                 started = time.perf_counter()
                 block = self.session.step()
                 seconds = time.perf_counter() - started
                 if self.stop_event.is_set():
                     return
                 obs = block.frames[-1]
-                self.blocks.put(Generated(block, action.name, seconds))
+                self.blocks.put(Generated(block, change.action, seconds))
         except BaseException as err:  # the window reports it; a silent dead thread would just freeze play
             self.blocks.put(err)
 

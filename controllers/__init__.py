@@ -1,6 +1,6 @@
 """Controllers: the keyboard, agents, schedules and replays that choose a world's actions."""
 
-from controllers.base import Controller, check_names, noop_action
+from controllers.base import Controller, check_names
 from controllers.keyboard import KeyboardController
 from controllers.random_agent import RandomController
 from controllers.replay import ReplayController
@@ -13,5 +13,4 @@ __all__ = [
     "ReplayController",
     "ScriptedController",
     "check_names",
-    "noop_action",
 ]

@@ -25,14 +25,6 @@ class Controller(Protocol):
         """The name of the scenario action to apply before the next block."""
 
 
-def noop_action(scenario: Scenario) -> str:
-    """The action that changes nothing: the scenario's first noop, else its release action."""
-    for action in scenario.actions:
-        if action.kind == "noop":
-            return action.name
-    return scenario.release_action
-
-
 def check_names(names: list[str], scenario: Scenario, what: str) -> None:
     """Raise ValueError naming every entry of `names` that is not an action of `scenario`."""
     known = {action.name for action in scenario.actions}

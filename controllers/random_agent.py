@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from controllers.base import noop_action
 from worldsim.scenario import Scenario
 
 
@@ -19,7 +18,7 @@ class RandomController:
         self.choices = [action.name for action in scenario.actions if action.kind != "noop"]
         if not self.choices:
             raise ValueError(f"the scenario {scenario.name!r} has no action other than noop")
-        self.noop = noop_action(scenario)
+        self.noop = scenario.noop
         self.change_every = change_every
         self.rng = np.random.default_rng(seed)
         self._count = 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from controllers.base import check_names, noop_action
+from controllers.base import check_names
 from worldsim.replay import read_replay
 from worldsim.scenario import Scenario
 
@@ -17,7 +17,7 @@ class ReplayController:
 
     def __init__(self, path: str | Path, scenario: Scenario | None = None, noop: str | None = None) -> None:
         self.replay = read_replay(path)
-        self.noop = noop or (noop_action(scenario) if scenario is not None else "noop")
+        self.noop = noop or (scenario.noop if scenario is not None else "noop")
         # a block recorded without an action changed nothing
         self.actions = [event.action or self.noop for event in self.replay.events]
         if scenario is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from controllers.base import check_names, noop_action
+from controllers.base import check_names
 from worldsim.scenario import Scenario
 
 
@@ -29,7 +29,7 @@ class ScriptedController:
         if scenario is not None:
             check_names(list(by_block.values()), scenario, "the schedule")
         self.schedule = by_block
-        self.noop = noop or (noop_action(scenario) if scenario is not None else "noop")
+        self.noop = noop or (scenario.noop if scenario is not None else "noop")
         self._count = 0
 
     def reset(self) -> None:

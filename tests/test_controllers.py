@@ -14,13 +14,12 @@ from controllers import (
     RandomController,
     ReplayController,
     ScriptedController,
-    noop_action,
 )
 from worldsim.replay import ReplayWriter
 from worldsim.scenario import Scenario, load_scenario, scenario_from_data
 from worldsim.session import Block
 
-SCENARIO = Path(__file__).resolve().parent.parent / "envs" / "tiny_scenario.toml"
+SCENARIO = Path(__file__).resolve().parent.parent / "envs" / "procedural" / "scenario.toml"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def test_every_controller_is_a_controller(scenario, tmp_path) -> None:
         ScriptedController([(0, "north")]),
     ):
         assert isinstance(controller, Controller)
-    assert noop_action(scenario) == "noop"
+    assert scenario.noop == "noop"
 
 
 def test_keyboard_held_movement_repeats_and_release_applies_the_release_action(scenario) -> None:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import tiny_world
 from worldsim.cli import main
 from worldsim.config import EngineConfig
 from worldsim.replay import ReplayError, ReplayWriter, check_compatible, read_replay, replay_blocks
-from worldsim.scenario import ScenarioError, load_scenario, scenario_from_data
+from worldsim.scenario import PromptChange, PromptState, ScenarioError, load_scenario, scenario_from_data
 from worldsim.video import read_video
 
-SCENARIO = "envs/tiny_scenario.toml"
+SCENARIO = "envs/procedural/scenario.toml"
 
 
 def digest(frames) -> str:
@@ -106,10 +107,23 @@ def test_replay_command_writes_the_video(tmp_path, tiny_bundle, capsys) -> None:
 def test_scenario_file_and_its_errors(tmp_path) -> None:
     scenario = load_scenario(SCENARIO)
     assert scenario.start_prompt == "a green meadow, bright daylight, standing still"
-    slots, cut = scenario.apply(scenario.start, scenario.action("north"))
-    assert scenario.prompt(slots) == "a green meadow, bright daylight, walking north" and not cut
-    slots, cut = scenario.apply(slots, scenario.action("tundra"))
-    assert scenario.prompt(slots) == "a snowy tundra, bright daylight, walking north" and cut
+    state = PromptState(scenario)
+    assert state.apply("north") == PromptChange(
+        "north", "a green meadow, bright daylight, walking north", False
+    )
+    assert state.apply(scenario.action("tundra")) == PromptChange(
+        "tundra", "a snowy tundra, bright daylight, walking north", True
+    )
+    assert state.apply(np.int64(0)) == PromptChange(
+        "noop", "a snowy tundra, bright daylight, walking north", False
+    )
+    assert state.apply_text("a beach") == PromptChange("a beach", "a beach", False)
+    assert state.apply("night").prompt == "a snowy tundra, at night, walking north"  # slots again
+    assert state.apply_text("  ", cut=True) == PromptChange(
+        "  ", "a snowy tundra, at night, walking north", True
+    )
+    state.reset()
+    assert state.prompt == scenario.start_prompt
     assert scenario.keymap()["up"] == "north" and scenario.index("noop") == 0
 
     base = {
@@ -131,6 +145,9 @@ def test_scenario_file_and_its_errors(tmp_path) -> None:
         scenario.index("fly")
     with pytest.raises(ScenarioError, match="out of range"):
         scenario.action(99)
+    for bad_key in (True, 1.5, None, np.array([1, 2])):
+        with pytest.raises(ScenarioError, match="expected an index or a name"):
+            scenario.action(bad_key)
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [")
     with pytest.raises(ScenarioError, match=r"bad\.toml: not valid TOML"):
@@ -142,5 +159,5 @@ def test_scenario_file_and_its_errors(tmp_path) -> None:
 def test_builtin_wan_scenario_loads_by_name() -> None:
     scenario = load_scenario("wan_walk")
     assert scenario.keymap()["up"] == "forward"
-    slots, cut = scenario.apply(scenario.start, scenario.action("to_beach"))
-    assert cut and scenario.prompt(slots).startswith("A wide sandy beach")
+    change = PromptState(scenario).apply("to_beach")
+    assert change.cut and change.prompt.startswith("A wide sandy beach")

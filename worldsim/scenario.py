@@ -25,11 +25,14 @@ slots hold the current texts::
 
 from __future__ import annotations
 
+import operator
 import string
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,27 +97,38 @@ class Scenario:
         """The prompt a rollout starts from."""
         return self.template.format(**self.start)
 
+    @property
+    def noop(self) -> str:
+        """The action that changes nothing: the first of kind noop, else the release action."""
+        return next((a.name for a in self.actions if a.kind == "noop"), self.release_action)
+
     def index(self, name: str) -> int:
         """Position of an action in the discrete action space."""
         for i, action in enumerate(self.actions):
             if action.name == name:
                 return i
-        raise ScenarioError(f"unknown action {name!r}; known: {', '.join(a.name for a in self.actions)}")
+        raise ScenarioError(f"unknown action {name!r}; {self._known()}")
 
-    def action(self, key: int | str) -> Action:
-        """An action by index or name."""
+    def action(self, key: Any) -> Action:
+        """An action by index (an int, a numpy integer or a 0-d integer array) or by name."""
         if isinstance(key, str):
             return self.actions[self.index(key)]
-        if not 0 <= int(key) < len(self.actions):
-            raise ScenarioError(f"action index {key} is out of range 0..{len(self.actions) - 1}")
-        return self.actions[int(key)]
+        try:
+            if isinstance(key, bool) or getattr(key, "dtype", None) is np.dtype(bool):
+                raise TypeError
+            number = operator.index(key)
+        except TypeError:
+            raise ScenarioError(
+                f"invalid action {key!r}: expected an index or a name; {self._known()}"
+            ) from None
+        if not 0 <= number < len(self.actions):
+            raise ScenarioError(
+                f"action index {number} is out of range 0..{len(self.actions) - 1}; {self._known()}"
+            )
+        return self.actions[number]
 
-    def apply(self, slots: dict[str, str], action: Action) -> tuple[dict[str, str], bool]:
-        """The slots after `action`, and whether it is a cut."""
-        if action.kind == "noop":
-            return slots, False
-        text = self.scenes.get(action.text, action.text) if action.kind == "cut" else action.text
-        return {**slots, action.slot: text}, action.kind == "cut"
+    def _known(self) -> str:
+        return "known: " + ", ".join(f"{i}={a.name}" for i, a in enumerate(self.actions))
 
     def prompt(self, slots: dict[str, str]) -> str:
         """The prompt for these slot texts."""
@@ -123,6 +137,56 @@ class Scenario:
     def keymap(self) -> dict[str, str]:
         """pygame key name -> action name."""
         return {key: action.name for action in self.actions for key in action.keys}
+
+
+@dataclass(frozen=True)
+class PromptChange:
+    """What one action asks of a session before its next block."""
+
+    action: str  # the action's name, or the free text it came from
+    prompt: str  # the prompt to follow (a KV Flush when it differs from the current one)
+    cut: bool  # go to it with a RoPE Cut
+
+
+class PromptState:
+    """A scenario's prompt as actions change it: the one place actions become prompt changes and cuts.
+
+    The environment, the play window, the browser page and replays all turn actions into what a
+    session follows through it::
+
+        state = PromptState(scenario)
+        change = state.apply("north")                 # or an index, or an Action
+        session.follow(change.prompt, change.cut)
+
+    A free-text prompt (``apply_text``) replaces the whole prompt; the next scenario action builds
+    the prompt from the template's slots again.
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.slots: dict[str, str] = dict(scenario.start)
+        self.prompt = scenario.start_prompt
+
+    def reset(self) -> None:
+        """Back to the scenario's start prompt."""
+        self.slots = dict(self.scenario.start)
+        self.prompt = self.scenario.start_prompt
+
+    def apply(self, action: Action | int | str) -> PromptChange:
+        """Apply a scenario action (by Action, index or name); ScenarioError if there is no such action."""
+        if not isinstance(action, Action):
+            action = self.scenario.action(action)
+        if action.kind == "noop":
+            return PromptChange(action.name, self.prompt, False)
+        text = self.scenario.scenes.get(action.text, action.text) if action.kind == "cut" else action.text
+        self.slots = {**self.slots, action.slot: text}
+        self.prompt = self.scenario.prompt(self.slots)
+        return PromptChange(action.name, self.prompt, action.kind == "cut")
+
+    def apply_text(self, prompt: str, cut: bool = False) -> PromptChange:
+        """Follow a free-text prompt (a blank one keeps the current prompt), with a RoPE Cut if `cut`."""
+        self.prompt = prompt if prompt.strip() else self.prompt
+        return PromptChange(prompt, self.prompt, cut)
 
 
 BUILTIN_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
