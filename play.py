@@ -28,21 +28,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from controllers import Controller, KeyboardController
-from worldsim.cli import CommandError, model_options, open_world
+from worldsim.cli import CommandError, check_output, model_options, open_world, run_command
 from worldsim.config import EngineConfig
-from worldsim.scenario import PromptState, Scenario, ScenarioError, load_scenario
+from worldsim.replay import ReplayEvent, ReplayWriter, frames_digest
+from worldsim.scenario import PromptState, Scenario, load_scenario
 
 if TYPE_CHECKING:
     import pygame
 
-    from worldsim.replay import ReplayWriter
     from worldsim.session import Block, Session
     from worldsim.world import World
 
@@ -180,27 +180,24 @@ class Recorder:
         self.scenario = scenario
         self.first_path = path
         self.writer: ReplayWriter | None = None
-        self._played: list[tuple[Block, str]] = []
+        self._played: list[ReplayEvent] = []  # what a replay keeps of each block, not its pixels
         self._count = 0
 
     def add(self, block: Block, action: str) -> None:
         """Note a block as played, and write it if recording."""
-        # only index, prompt and cut go into a replay; the pixels would pile up over a long session
-        light = replace(block, frames=np.empty((0, 0, 0, 3), np.uint8), latents=block.latents.new_empty(0))
-        self._played.append((light, action))
+        event = ReplayEvent(block.index, action, block.prompt, block.cut, frames_digest(block.frames))
+        self._played.append(event)
         if self.writer is not None:
-            self.writer.write(light, action)
+            self.writer.write_event(event)
 
     def start(self) -> Path:
         """Open a new replay file and write the blocks played so far into it."""
-        from worldsim.replay import ReplayWriter
-
         path = self._next_path()
         # the header wants the session as it started (seed, start prompt, settings), not as it is now
         start: Any = self.start_state
         writer = ReplayWriter(path, self.world, start, scenario=self.scenario)
-        for block, action in self._played:
-            writer.write(block, action)
+        for event in self._played:
+            writer.write_event(event)
         self.writer = writer
         return path
 
@@ -298,7 +295,8 @@ class Window:
                 if not self.state.paused:
                     self._advance()
                 if self.failure is not None:
-                    print(f"play: generation failed: {self.failure!r}", file=sys.stderr)
+                    failure = self.failure
+                    print(f"play: generation failed: {type(failure).__name__}: {failure}", file=sys.stderr)
                     return 1
                 self._draw()
                 self.pg.display.flip()
@@ -573,21 +571,14 @@ def main(argv: Sequence[str] | None = None, on_frame: FrameCallback | None = Non
     add_options(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bundles are local folders; never reach a hub
-    try:
-        return run(args, on_frame)
-    except CommandError as err:
-        print(f"play: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("play: interrupted", file=sys.stderr)
-        return 130
+    return run_command("play", lambda parsed: run(parsed, on_frame), args)
 
 
 def run(args: argparse.Namespace, on_frame: FrameCallback | None = None) -> int:
     """Open the world and play it until the window is closed."""
     pg = _import_pygame()
     _check_args(args)
-    scenario = _load_scenario(args.scenario) if args.scenario is not None else None
+    scenario = load_scenario(args.scenario) if args.scenario is not None else None
     world = open_world(args)
     if scenario is None:
         if world.scenario is None:
@@ -595,7 +586,7 @@ def run(args: argparse.Namespace, on_frame: FrameCallback | None = None) -> int:
                 f"the model {world.name!r} ships no scenario; "
                 "pass one with --scenario FILE.toml (or a built-in name)"
             )
-        scenario = _load_scenario(Path(world.scenario))
+        scenario = load_scenario(Path(world.scenario))
     shadowed = sorted({k for k in scenario.keymap() if k.lower() in WINDOW_KEYS})
     if shadowed:
         print(f"play: note: the window's own keys {shadowed} override the scenario's", file=sys.stderr)
@@ -643,15 +634,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError("--screenshot-at counts shown frames from 1")
     if not args.screenshot_dir.is_dir():
         raise CommandError(f"--screenshot-dir {args.screenshot_dir} is not a folder")
-    if args.record is not None and not args.record.parent.is_dir():
-        raise CommandError(f"the folder of --record does not exist: {args.record.parent}")
-
-
-def _load_scenario(path: Path) -> Scenario:
-    try:
-        return load_scenario(path)
-    except ScenarioError as err:
-        raise CommandError(str(err)) from err
+    if args.record is not None:
+        check_output(args.record, (".jsonl",), "--record")  # before the window opens
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import gymnasium
 import numpy as np
 
 from envs.world_env import WorldEnv
-from worldsim.replay import ReplayWriter
+from worldsim.replay import ReplayEvent, ReplayWriter, frames_digest
 
 
 class RecordReplay(gymnasium.Wrapper):
@@ -60,7 +60,10 @@ class RecordReplay(gymnasium.Wrapper):
 
     def _write(self, info: dict[str, Any]) -> None:
         if self.writer is not None:
-            self.writer.write_event(info["block"], info["action"], info["prompt"], info["cut"])
+            event = ReplayEvent(
+                info["block"], info["action"], info["prompt"], info["cut"], frames_digest(info["frames"])
+            )
+            self.writer.write_event(event)
 
     def _close_writer(self) -> None:
         if self.writer is not None:

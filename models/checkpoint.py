@@ -60,6 +60,7 @@ __all__ = [
     "load_generator_checkpoint",
     "original_to_diffusers_name",
     "read_state_dict",
+    "require_finite",
     "strip_wrapper_prefixes",
 ]
 
@@ -241,6 +242,17 @@ def _checked(
     return {target: tensor for target, (_, tensor) in renamed.items()}
 
 
+def require_finite(tensors: Mapping[str, Tensor], where: str) -> None:
+    """CheckpointError naming the first tensor that holds NaN or Inf (garbled bytes load as such)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{where}: tensor {name!r} holds {bad} NaN or Inf value{'s' if bad > 1 else ''} "
+                f"(of {tensor.numel()}): the file is corrupt"
+            )
+
+
 def convert_original_state_dict(
     state_dict: Mapping[str, Tensor], reference: Mapping[str, torch.Size]
 ) -> dict[str, Tensor]:
@@ -372,6 +384,7 @@ def load_generator_checkpoint(
     """Load a generator checkpoint (original or diffusers naming) into ``transformer`` in place."""
     module = cast(torch.nn.Module, transformer)  # diffusers' lazy imports hide its base class from mypy
     state_dict = read_state_dict(path, prefer_ema=prefer_ema)
+    require_finite(state_dict, str(path))
     reference = _reference_shapes(module)
     try:
         state_dict = strip_wrapper_prefixes(state_dict)
@@ -473,6 +486,7 @@ def load_diffusers_transformer(
     folder = _transformer_folder(Path(folder))
     config = _read_config(folder)
     weights = _read_folder_weights(folder)
+    require_finite(weights, f"weights in {folder}")
     try:
         # Built from its config and filled with load_state_dict rather than through from_pretrained, which
         # for this class needs the optional `accelerate` package; the result is the same model, with the

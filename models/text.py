@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from models.checkpoint import require_finite
+
 
 class TextEncoder(Protocol):
     """Maps a prompt to text states (1, text_len, dim)."""
@@ -65,6 +67,7 @@ class UMT5TextEncoder:
                 raise FileNotFoundError(f"text encoder folder not found: {path}")
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
         self.model = UMT5EncoderModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        require_finite(self.model.state_dict(), f"the UMT5 text encoder in {folder}")
         self.model.to(device).eval().requires_grad_(False)
         self.max_length = max_length
         self.dim = self.model.config.d_model
@@ -100,6 +103,7 @@ class MiniLMTextEncoder:
         self.model = (
             AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval().requires_grad_(False)
         )
+        require_finite(self.model.state_dict(), f"the MiniLM text encoder in {folder}")
         self.max_length = max_length
         self.dim = self.model.config.hidden_size
 
@@ -179,6 +183,7 @@ class Whitening:
             raise ValueError(
                 f"{path}: mean {tuple(mean.shape)} and transform {tuple(transform.shape)} do not fit"
             )
+        require_finite(tensors, str(path))
         return Whitening(mean, transform)
 
 

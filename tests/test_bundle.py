@@ -523,8 +523,7 @@ def test_the_built_in_tiny_bundle_ships_loads_by_name_and_plays() -> None:
     world = worldsim.load("tiny")
     assert world.scenario is not None and world.config.training_horizon_frames <= 21
     block = world.session("a sandy desert, at night, walking north").step()
-    first = world.decoder.video_frames(world.config.block_frames, first=True)
-    assert block.frames.shape == (first, 64, 64, 3)
+    assert block.frames.shape == (world.block_video_frames()[0], 64, 64, 3)
 
 
 def test_missing_or_broken_text_whitening(copy: Path) -> None:

@@ -39,8 +39,23 @@ def test_generate_from_a_prompt(bundle, tmp_path, capsys) -> None:
         == 0
     )
     frames = read_video(out)
-    assert frames.shape == (9 + 2 * 12, HEIGHT, WIDTH, 3)  # ceil(2 s * 16 fps / 12) = 3 blocks
-    assert "wrote 33 frames" in capsys.readouterr().out
+    assert frames.shape == (32, HEIGHT, WIDTH, 3)  # 2 s at 16 fps: 3 blocks (9 + 12 + 12), the last cut short
+    assert "wrote 32 frames (2.00 s at 16 fps)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("source", "frames"),
+    [
+        (["--prompt", "a meadow", "--seconds", "1"], 16),
+        (["--script", "a meadow [3s] | a meadow at night [3s] | a city [3s#]"], 144),
+        (["--script", "a meadow [1s] | a city", "--seconds", "2.5"], 40),
+    ],
+    ids=["one-second", "three-shots-of-3s", "open-end"],
+)
+def test_generate_makes_the_seconds_asked_for(bundle, tmp_path, source, frames) -> None:
+    out = tmp_path / "video.mp4"
+    assert main(["generate", "--model", bundle, *source, "--out", str(out)]) == 0
+    assert read_video(out).shape[0] == frames
 
 
 def test_generate_from_a_script(bundle, tmp_path) -> None:
@@ -61,6 +76,9 @@ def test_generate_errors(bundle, tmp_path, capsys) -> None:
     assert "no bundle named" in capsys.readouterr().err
     assert main(["generate", "--model", bundle, "--prompt", "a", "--out", str(tmp_path / "v.avi")]) == 2
     assert "--out must end in .mp4 or .gif" in capsys.readouterr().err
+    for seconds in ("nan", "inf", "-1", "0"):
+        assert main(["generate", "--model", bundle, "--prompt", "a", "--seconds", seconds, "--out", out]) == 2
+        assert "--seconds must be a positive number" in capsys.readouterr().err
     assert (
         main(["generate", "--model", bundle, "--prompt", "a", "--out", str(tmp_path / "no" / "v.mp4")]) == 2
     )
@@ -68,7 +86,8 @@ def test_generate_errors(bundle, tmp_path, capsys) -> None:
 
 
 def test_bench_json(bundle, capsys) -> None:
-    assert main(["bench", "--model", bundle, "--blocks", "3", "--json"]) == 0
+    assert main(["bench", "--model", bundle, "--blocks", "3", "--json", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
     result = json.loads(capsys.readouterr().out)
     for key in ("fps", "block_ms_median", "first_block_ms", "peak_mem_mb", "frames", "device", "dtype"):
         assert key in result

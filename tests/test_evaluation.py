@@ -9,7 +9,7 @@ import pytest
 
 from envs.procedural.probes import motion_direction
 from envs.procedural.world import BIOMES
-from envs.tiny.evaluate import RoundTripRollout, TruthRollout, block_frame_counts, evaluate, format_table
+from envs.tiny.evaluate import RoundTripRollout, TruthRollout, evaluate, format_table
 from worldsim.bundle import random_world
 from worldsim.cli import main
 
@@ -20,7 +20,7 @@ def world():
 
 
 def test_round_trip_rollout_returns_the_truths_frame_counts(world) -> None:
-    first, later = block_frame_counts(world)
+    first, later = world.block_video_frames()
     truth, round_trip = TruthRollout(first, later), RoundTripRollout(world, first, later)
     truth.start("desert", "day", "east", seed=4)
     round_trip.start("desert", "day", "east", seed=4)
@@ -36,7 +36,7 @@ def test_settled_round_trip_recodes_from_a_switch_on_and_follows_the_bundles_rec
 
     from envs.tiny.evaluate import data_set_coding
 
-    first, later = block_frame_counts(world)
+    first, later = world.block_video_frames()
     blocks = {}
     for settled in (False, True):
         rollout = RoundTripRollout(world, first, later, warmup_latents=2, settled_switches=settled)

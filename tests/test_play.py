@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ pygame = pytest.importorskip("pygame")
 
 import play  # noqa: E402
 from worldsim.cli import main as worldsim_main  # noqa: E402
-from worldsim.replay import read_replay  # noqa: E402
+from worldsim.replay import ReplayError, read_replay  # noqa: E402
 from worldsim.session import Session  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,8 +133,10 @@ def test_quit_mid_block_returns_promptly(headless, tiny_bundle, tmp_path, monkey
         release.set()
     assert status == 0 and posted
     assert returned - posted[0] < 3.0
-    replay = read_replay(record)  # the header is complete and the file closed
-    assert replay.events == () and not replay.truncated
+    lines = record.read_text().splitlines()  # the header is complete and the file closed
+    assert len(lines) == 1 and json.loads(lines[0])["format"] == "worldsim-replay"
+    with pytest.raises(ReplayError, match="holds no blocks"):
+        read_replay(record)
 
 
 def test_slow_generation_keeps_the_window_responsive(headless, tiny_bundle, monkeypatch) -> None:
@@ -162,7 +165,7 @@ def test_a_generation_failure_is_reported(headless, tiny_bundle, monkeypatch, ca
 
     monkeypatch.setattr(Session, "step", broken_step)
     assert play.main(["--model", tiny_bundle, "--frames", "5"]) == 1
-    assert "generation failed: RuntimeError('out of memory')" in capsys.readouterr().err
+    assert "generation failed: RuntimeError: out of memory" in capsys.readouterr().err
 
 
 def test_play_errors(headless, tmp_path, capsys) -> None:

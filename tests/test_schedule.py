@@ -6,6 +6,7 @@ import pytest
 
 from worldsim.schedule import (
     BlockEvent,
+    BlockTiming,
     Schedule,
     ScheduleError,
     Shot,
@@ -216,60 +217,66 @@ def test_schedule_from_prompt():
 # Block arithmetic
 
 
-def test_seconds_to_blocks():
-    # 16 fps, 12 frames a block: 10 s = 160 frames = 13.33 blocks -> 13.
-    assert Shot("a", seconds=10).length_in_blocks(12, 16) == 13
-    assert Shot("a", seconds=5).length_in_blocks(12, 16) == 7  # 6.67 -> 7
-    assert Shot("a", seconds=0.1).length_in_blocks(12, 16) == 1  # never below one block
-    assert Shot("a", blocks=4).length_in_blocks(12, 16) == 4
-    assert Shot("a").length_in_blocks(12, 16) is None
+WAN = BlockTiming(first=9, later=12, fps=16)  # 3-frame latent blocks: 9 video frames, then 12
+TINY = BlockTiming(first=1, later=4, fps=16)  # 1-frame latent blocks: 1 video frame, then 4
 
 
-def test_block_plan_reference():
-    schedule = parse_schedule(REFERENCE)
-    assert schedule.block_plan(12, 16) == [
+def test_block_timing_arithmetic():
+    assert [WAN.start_frame(k) for k in range(4)] == [0, 9, 21, 33]
+    assert [WAN.nearest_block(f) for f in (0, 4, 5, 9, 15, 16, 160)] == [0, 0, 1, 1, 2, 2, 14]
+    assert [WAN.blocks_for(f) for f in (0, 1, 9, 10, 21, 22, 160)] == [0, 1, 1, 2, 2, 3, 14]
+    assert [TINY.blocks_for(f) for f in (1, 2, 5, 16, 48)] == [1, 2, 2, 5, 13]
+    bad_timings = (
+        dict(first=0, later=4, fps=16),
+        dict(first=1, later=4.0, fps=16),
+        dict(first=1, later=4, fps=0),
+    )
+    for bad in bad_timings:
+        with pytest.raises(ValueError):
+            BlockTiming(**bad)  # type: ignore[arg-type]
+
+
+def test_plan_reference():
+    plan = parse_schedule(REFERENCE).plan(WAN)
+    # shot ends: 10 s = frame 160 (nearest block start: 165, block 14), 15 s = frame 240 (237, block 20)
+    assert plan.events == (
         BlockEvent(block=0, prompt="prompt A", cut=False),
-        BlockEvent(block=13, prompt="prompt B", cut=True),
+        BlockEvent(block=14, prompt="prompt B", cut=True),
         BlockEvent(block=20, prompt="prompt C", cut=False),
-    ]
-    assert schedule.total_blocks(12, 16) == 23  # 13 + 7 + 3
+    )
+    assert plan.frames == 280 and plan.blocks == 24  # 17.5 s; 24 blocks give 285 frames, cut to 280
 
 
-def test_block_plan_mixed_units_and_open_end():
+def test_plan_makes_the_seconds_asked_for():
+    three = parse_schedule("a [3s] | b [3s] | c [3s#]")
+    for timing in (WAN, TINY):
+        plan = three.plan(timing)
+        assert plan.frames == 144  # 9 s at 16 fps, whatever the blocks
+        assert timing.start_frame(plan.blocks - 1) < 144 <= timing.start_frame(plan.blocks)
+    assert [e.block for e in three.plan(TINY).events] == [0, 13, 25]  # frames 49 and 97 for 48 and 96
+    assert schedule_from_prompt("a").plan(TINY, total_seconds=1).frames == 16
+    assert schedule_from_prompt("a").plan(WAN, total_seconds=1).frames == 16
+
+
+def test_plan_mixed_units_and_open_end():
     schedule = parse_schedule("a [4b] | b [3s#] | c")
-    assert schedule.block_plan(12, 16) == [
-        BlockEvent(0, "a", False),
-        BlockEvent(4, "b", True),
-        BlockEvent(8, "c", False),
-    ]
-    assert schedule.total_blocks(12, 16) is None
+    plan = schedule.plan(WAN, total_seconds=10)
+    # 4 blocks end at frame 45 (2.81 s); 3 s more end at 5.81 s = frame 93, nearest block 8 (frame 93)
+    assert plan.events == (BlockEvent(0, "a", False), BlockEvent(4, "b", True), BlockEvent(8, "c", False))
+    assert plan.frames == 160
+    with pytest.raises(ScheduleError, match="length must be given"):
+        schedule.plan(WAN)
 
 
-def test_block_plan_depends_on_rate():
-    schedule = parse_schedule("a [3s] | b [3s]")
-    assert [e.block for e in schedule.block_plan(4, 24)] == [0, 18]
-    assert schedule.total_blocks(4, 24) == 36
-
-
-def test_block_plan_truncates_at_total_blocks():
-    schedule = parse_schedule(REFERENCE)
-    assert [e.block for e in schedule.block_plan(12, 16, total_blocks=21)] == [0, 13, 20]
-    assert [e.block for e in schedule.block_plan(12, 16, total_blocks=20)] == [0, 13]
-    assert [e.block for e in schedule.block_plan(12, 16, total_blocks=1)] == [0]
-    assert schedule.block_plan(12, 16, total_blocks=0) == []
-    assert len(schedule.block_plan(12, 16, total_blocks=1000)) == 3
-
-
-def test_block_plan_rejects_bad_rates():
-    schedule = parse_schedule(REFERENCE)
-    with pytest.raises(ValueError):
-        schedule.block_plan(0, 16)
-    with pytest.raises(ValueError):
-        schedule.block_plan(12, 0)
-    with pytest.raises(ValueError):
-        schedule.block_plan(12, 16, total_blocks=-1)
-    with pytest.raises(TypeError):
-        schedule.block_plan(12.5, 16)  # type: ignore[arg-type]
+def test_plan_gives_every_shot_a_block_and_drops_shots_past_the_end():
+    schedule = parse_schedule("a [0.1s] | b [0.1s] | c [2s]")
+    assert [e.block for e in schedule.plan(WAN).events] == [0, 1, 2]
+    plan = parse_schedule(REFERENCE).plan(WAN, total_seconds=12)
+    assert [e.block for e in plan.events] == [0, 14] and plan.frames == 192
+    assert [e.block for e in parse_schedule(REFERENCE).plan(WAN, total_seconds=0.5).events] == [0]
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ScheduleError, match="positive number of seconds"):
+            parse_schedule(REFERENCE).plan(WAN, total_seconds=bad)
 
 
 # --------------------------------------------------------------------------------------------------

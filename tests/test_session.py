@@ -10,6 +10,7 @@ from tests.conftest import tiny_world
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
 from worldsim.positions import block_positions
+from worldsim.session import NonFiniteError
 
 W, N = 6, 3  # reference window and block
 
@@ -155,6 +156,37 @@ def test_first_block_frame_counts(world) -> None:
     assert session.frames_generated == first.frames.shape[0] + second.frames.shape[0]
 
 
+def test_lead_in_blocks_are_generated_and_kept_as_context_but_not_shown() -> None:
+    world = tiny_world(EngineConfig(lead_in_blocks=2))
+    led = world.session("a meadow", seed=6)
+    plain = world.session("a meadow", seed=6, lead_in_blocks=0)
+    hidden = [plain.step(), plain.step()]
+    for _ in range(3):
+        a, b = led.step(), plain.step()
+        assert np.array_equal(a.frames, b.frames) and a.positions == b.positions
+        assert a.index == b.index - 2
+    assert hidden[0].frames.shape[0] == 1 + (N - 1) * 4 and a.frames.shape[0] == N * 4
+    assert world.block_video_frames() == (N * 4, N * 4)
+    assert led.latent_frames == plain.latent_frames and led.frames_generated == 3 * N * 4
+    with pytest.raises(ValueError, match="lead_in_blocks must be 0 or more"):
+        EngineConfig(lead_in_blocks=-1)
+
+
+def test_a_non_finite_block_stops_the_session_naming_it() -> None:
+    world = tiny_world()
+    session = world.session("a meadow", seed=1)
+    session.step()
+    with torch.no_grad():
+        world.model.transformer.proj_out.bias.fill_(float("inf"))
+    try:
+        with pytest.raises(NonFiniteError, match="block 1: the model made NaN or Inf latents"):
+            session.step()
+        assert session.block_index == 1 and session.cache.held[0] == [0, 1, 2]  # nothing of it kept
+    finally:
+        with torch.no_grad():
+            world.model.transformer.proj_out.bias.zero_()
+
+
 def test_prompt_is_encoded_once(world) -> None:
     session = world.session("a lake")
     before = world.text_encoder.encoded
@@ -167,12 +199,14 @@ def test_prompt_is_encoded_once(world) -> None:
 
 
 def test_run_schedule_flushes_and_cuts_where_the_plan_says(world) -> None:
-    from worldsim.schedule import parse_schedule
+    from worldsim.schedule import BlockTiming, parse_schedule
     from worldsim.session import run_schedule
 
     schedule = parse_schedule("a meadow [2b] | a meadow at night [1b] | a city [2b#]")
     planned = world.session("a meadow", seed=4)
-    blocks = list(run_schedule(planned, schedule.block_plan(12, 16.0), 5))
+    plan = schedule.plan(BlockTiming(9, 12, 16.0))
+    assert plan.blocks == 5
+    blocks = list(run_schedule(planned, plan.events, plan.blocks))
 
     manual = world.session("a meadow", seed=4)
     expected = [manual.step(), manual.step()]

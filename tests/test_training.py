@@ -133,7 +133,8 @@ def test_train_writes_a_bundle_that_loads_and_plays(tmp_path) -> None:
     world = worldsim.load(bundle)
     assert world.scenario is not None and world.text_encoder.dim == 384
     session = world.session("a green meadow, bright daylight, walking north")
-    assert session.step().frames.shape == (1, 64, 64, 3)  # blocks of one latent frame
+    assert world.config.lead_in_blocks == TrainConfig().lead_in_blocks > 0
+    assert session.step().frames.shape == (4, 64, 64, 3)  # blocks of one latent frame, after the lead-in
     assert session.step().frames.shape == (4, 64, 64, 3)
     assert (bundle / "text_whitening.safetensors").is_file()
     assert "| transformer training | 2 steps" in (bundle / "MODEL_CARD.md").read_text()
@@ -269,10 +270,10 @@ def test_clip_prompts_and_cuts_expand_to_model_blocks_of_one_frame() -> None:
 def test_train_command_reads_true_and_false() -> None:
     import argparse
 
-    from envs.tiny.train import register_cli
+    from envs.tiny.cli import register_train
 
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
+    register_train(parser.add_subparsers())
     assert parser.parse_args(["train", "--text-whitening", "true"]).text_whitening is True
     assert parser.parse_args(["train", "--text-whitening", "false"]).text_whitening is False
     with pytest.raises(SystemExit):

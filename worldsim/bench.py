@@ -68,7 +68,7 @@ def run_bench(
         frames += block.frames.shape[0]
 
     steady = times[1:]
-    steady_frames = frames - _first_block_frames(world)
+    steady_frames = frames - world.block_video_frames()[0]
     transformer = [s["transformer"] for s in stages[1:]]
     decode = [s["decode"] for s in stages[1:]]
     other = [t - a - b for t, a, b in zip(steady, transformer, decode, strict=True)]
@@ -92,10 +92,6 @@ def run_bench(
         peak_mem_mb=_peak_memory_mb(device),
         torch=torch.__version__,
     )
-
-
-def _first_block_frames(world: World) -> int:
-    return world.decoder.video_frames(world.config.block_frames, first=True)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -34,7 +34,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from models.causal_wan import CausalWanTransformer
-from models.checkpoint import load_diffusers_transformer, load_generator_checkpoint
+from models.checkpoint import load_diffusers_transformer, load_generator_checkpoint, require_finite
 from models.precision import FP32_MODULES, cast_module
 from models.streaming_vae import StreamingDecoder
 from models.text import (
@@ -327,6 +327,7 @@ def load_vae_folder(folder: Path) -> AutoencoderKLWan:
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise BundleError(f"cannot load the VAE from {folder}: {err}") from err
+    require_finite(vae.state_dict(), f"the VAE in {folder}")
     return vae
 
 

@@ -1,8 +1,14 @@
-"""The `worldsim` command line: generate videos and measure speed.
+"""The `worldsim` command line: generate videos, replay sessions, measure speed and soak a model.
 
-worldsim generate --prompt "a forest path" --seconds 10 --out forest.mp4
-worldsim generate --script "a forest [5s] | the forest at night [5s] | a city [5s#]" --out walk.mp4
-worldsim bench --random wan-1.3b --device cuda --dtype bfloat16 --json
+    worldsim generate --prompt "a forest path" --seconds 10 --out forest.mp4
+    worldsim generate --script "a forest [5s] | the forest at night [5s] | a city [5s#]" --out walk.mp4
+    worldsim replay run.jsonl --out run.mp4
+    worldsim bench --random wan-1.3b --device cuda --dtype bfloat16 --json
+    worldsim soak --blocks 3500
+
+Parsing the command line imports nothing heavy: torch and diffusers load when a command runs, so
+``--help`` and argument errors answer at once. Bad input of any kind is a one-line error (exit 2);
+a run that fails on its way (NaN latents, a replay that does not match) exits 1.
 """
 
 from __future__ import annotations
@@ -12,19 +18,30 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from worldsim.device import DTYPES
 
 if TYPE_CHECKING:  # torch and the models load only when a command needs them
-    import torch
-
     from worldsim.world import World
 
 DEFAULT_MODEL = "tiny"
-DTYPES = ("float32", "bfloat16", "float16")
 COMMAND_GROUP = "worldsim.commands"  # entry points: callables taking the subparsers object
+VIDEO_SUFFIXES = (".mp4", ".gif")
+# The errors bad input raises, by module: a command can only have raised those of modules it imported.
+USER_ERRORS = (
+    ("worldsim.device", "DeviceError"),
+    ("worldsim.bundle", "BundleError"),
+    ("models.checkpoint", "CheckpointError"),
+    ("models.text", "TextEncoderError"),
+    ("worldsim.schedule", "ScheduleError"),
+    ("worldsim.scenario", "ScenarioError"),
+    ("worldsim.replay", "ReplayError"),
+)
+RUN_FAILURES = (("worldsim.session", "NonFiniteError"), ("worldsim.replay", "ReplayMismatch"))
 
 
 class CommandError(Exception):
@@ -36,14 +53,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bundles are local folders; never reach a hub
+    return run_command(f"worldsim {args.command}", args.run, args)
+
+
+def run_command(name: str, command: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run a command, turning bad input into a one-line error (exit 2) and a failed run into exit 1."""
     try:
-        return int(args.run(args) or 0)
-    except CommandError as err:
-        print(f"worldsim {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return int(command(args) or 0)
     except KeyboardInterrupt:
-        print(f"worldsim {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        status = _status_of(err)
+        if status is None:
+            raise
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return status
+
+
+def _status_of(error: Exception) -> int | None:
+    """2 for bad input, 1 for a run that failed on its way, None for a bug (shown with its traceback)."""
+    for status, kinds in ((1, RUN_FAILURES), (2, USER_ERRORS)):
+        for module, name in kinds:
+            kind = getattr(sys.modules.get(module), name, None)
+            if isinstance(kind, type) and isinstance(error, kind):
+                return status
+    return 2 if isinstance(error, CommandError) else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,20 +102,22 @@ def _parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=_generate)
 
     bench = commands.add_parser("bench", help="measure frames per second, latency and memory")
-    which = bench.add_mutually_exclusive_group()
-    which.add_argument("--model", help=f"bundle name or folder (default: {DEFAULT_MODEL})")
-    which.add_argument(
-        "--random", metavar="PRESET", help="an architecture with random weights: tiny, wan-1.3b"
-    )
-    bench.add_argument(
-        "--checkpoint", type=Path, help="original-format generator weights to load over the model"
-    )
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    bench.add_argument("--dtype", choices=DTYPES, default="float32")
+    model_options(bench, random=True)
     bench.add_argument("--blocks", type=int, default=8, help="blocks to generate (default: 8)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
+
+    soak = commands.add_parser(
+        "soak",
+        help="a long rollout with random prompt changes and cuts: NaNs, positions and memory over time",
+    )
+    model_options(soak, random=True)
+    soak.add_argument("--blocks", type=int, default=3500, help="blocks to generate (default: 3500)")
+    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--every", type=int, default=100, help="blocks between memory readings (default: 100)")
+    soak.add_argument("--json", type=Path, metavar="FILE", help="also write the readings as JSON")
+    soak.set_defaults(run=_soak)
 
     replay = commands.add_parser("replay", help="regenerate a recorded session (.jsonl) as a video")
     replay.add_argument(
@@ -89,106 +126,139 @@ def _parser() -> argparse.ArgumentParser:
     model_options(replay)
     replay.set_defaults(model=None)
     replay.add_argument("--out", required=True, type=Path, help="output video (.mp4 or .gif)")
+    replay.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="regenerate without checking each block against the hash the recording holds",
+    )
     replay.set_defaults(run=_replay)
 
-    # Commands of the layers above the engine (training, evaluation, play, replay) register
-    # themselves through this entry-point group, so the engine never imports them.
+    # Commands of the layers above the engine (training, evaluation, play) register themselves
+    # through this entry-point group, so the engine never imports them.
     for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
         entry.load()(commands)
     return parser
 
 
-def model_options(parser: argparse.ArgumentParser) -> None:
+def threads_option(parser: argparse.ArgumentParser) -> None:
+    """Add --threads (torch's CPU threads) to a command's parser."""
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"bundle name or folder (default: {DEFAULT_MODEL})"
+        "--threads",
+        type=_positive_int,
+        help="CPU threads for torch (default: one per two cores, so a busy machine does not stall it)",
     )
+
+
+def model_options(parser: argparse.ArgumentParser, random: bool = False) -> None:
+    """Add the options that choose and place a model: --model (or --random), --checkpoint, --device..."""
+    if random:
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument("--model", help=f"bundle name or folder (default: {DEFAULT_MODEL})")
+        which.add_argument(
+            "--random", metavar="PRESET", help="an architecture with random weights: tiny, wan-1.3b"
+        )
+    else:
+        parser.add_argument(
+            "--model", default=DEFAULT_MODEL, help=f"bundle name or folder (default: {DEFAULT_MODEL})"
+        )
     parser.add_argument(
         "--checkpoint", type=Path, help="original-format generator weights to load over the model"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    threads_option(parser)
 
 
-def torch_setup(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    import torch
-
+def _positive_int(text: str) -> int:
     try:
-        parsed = torch.device(device)
-    except RuntimeError as err:
-        raise CommandError(f"unknown device {device!r}") from err
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda was asked for but this torch build sees no CUDA GPU")
-    return parsed, getattr(torch, dtype)
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def open_world(args: argparse.Namespace) -> World:
-    from models.checkpoint import CheckpointError
-    from worldsim.bundle import BundleError, load, random_world
+    """The world the options name, on their device and thread count; CommandError if it will not open."""
+    from worldsim.bundle import load, random_world
+    from worldsim.device import parse_device, parse_dtype, use_threads
 
-    device, dtype = torch_setup(args.device, args.dtype)
-    try:
-        if getattr(args, "random", None):
+    device, dtype = parse_device(args.device), parse_dtype(args.dtype)
+    use_threads(getattr(args, "threads", None))
+    if getattr(args, "random", None):
+        try:
             return random_world(args.random, device=device, dtype=dtype, seed=args.seed)
+        except ValueError as err:  # an unknown preset
+            raise CommandError(str(err)) from err
+    try:
         return load(args.model or DEFAULT_MODEL, device=device, dtype=dtype, checkpoint=args.checkpoint)
-    except (BundleError, CheckpointError, FileNotFoundError) as err:
+    except FileNotFoundError as err:
         raise CommandError(str(err)) from err
-    except ValueError as err:  # unknown preset
-        raise CommandError(str(err)) from err
+
+
+def check_output(path: Path, suffixes: Sequence[str] = VIDEO_SUFFIXES, flag: str = "--out") -> None:
+    """Refuse an output file that cannot be written, before any work is done (a model loaded, ...)."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise CommandError(f"{flag} must end in {' or '.join(suffixes)}, not {path.name!r}")
+    if not path.parent.is_dir():
+        raise CommandError(f"the folder of {flag} does not exist: {path.parent}")
+    if path.is_dir():
+        raise CommandError(f"{flag} {path} is a folder, not a file")
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as err:
+        raise CommandError(f"cannot write {flag} {path}: {err.strerror or err}") from err
+    if not existed:
+        path.unlink()
 
 
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worldsim.schedule import ScheduleError, load_schedule, schedule_from_prompt
+    from worldsim.schedule import BlockTiming, ScheduleError, load_schedule, schedule_from_prompt
     from worldsim.session import run_schedule
     from worldsim.video import VideoWriter
 
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise CommandError(f"--seconds must be a positive number, not {args.seconds}")
     try:
         schedule = (
             load_schedule(args.script) if args.script is not None else schedule_from_prompt(args.prompt)
         )
-    except ScheduleError as err:
+    except ScheduleError as err:  # its message shows the place in the script, on lines of its own
         raise CommandError(f"bad --script:\n{err}") from err
-    if args.seconds is not None and args.seconds <= 0:
-        raise CommandError("--seconds must be positive")
-    _check_out(args.out)
+    check_output(args.out)
 
     world = open_world(args)
     config = world.config
-    frames_per_block = world.decoder.video_frames(config.block_frames, first=False)
-    if args.seconds is not None:
-        blocks = max(1, math.ceil(args.seconds * config.fps / frames_per_block))
-    else:
-        blocks = schedule.total_blocks(frames_per_block, config.fps) or math.ceil(
-            10 * config.fps / frames_per_block
-        )
-    events = schedule.block_plan(frames_per_block, config.fps, blocks)
-
+    seconds = args.seconds if args.seconds is not None or not schedule.open_ended else 10.0
+    plan = schedule.plan(BlockTiming(*world.block_video_frames(), config.fps), seconds)
     session = world.session(schedule.shots[0].prompt, seed=args.seed)
     with (
         VideoWriter(args.out, fps=config.fps) as writer,
-        tqdm(total=blocks, unit="block", desc="generate") as bar,
+        tqdm(total=plan.blocks, unit="block", desc="generate") as bar,
     ):
-        for block in run_schedule(session, events, blocks):
-            writer.write(block.frames)
+        for block in run_schedule(session, plan.events, plan.blocks):
+            writer.write(block.frames[: plan.frames - writer.frames])  # the last block may run over
             bar.set_postfix_str(("cut " if block.cut else "") + block.prompt[:40])
             bar.update()
-    seconds = writer.frames / config.fps
-    print(f"wrote {writer.frames} frames ({seconds:.1f} s at {config.fps:g} fps) to {args.out}")
+    length = f"{writer.frames / config.fps:.2f} s at {config.fps:g} fps"
+    print(f"wrote {writer.frames} frames ({length}) to {args.out}")
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worldsim.replay import ReplayError, read_replay, replay_blocks
+    from worldsim.replay import read_replay, replay_blocks
     from worldsim.video import VideoWriter
 
-    try:
-        replay = read_replay(args.replay_file)
-    except ReplayError as err:
-        raise CommandError(str(err)) from err
-    _check_out(args.out)
+    replay = read_replay(args.replay_file)
+    check_output(args.out)
     if args.model is None:
         args.model = replay.header.get("source") or replay.header["bundle"]
     world = open_world(args)
@@ -196,23 +266,15 @@ def _replay(args: argparse.Namespace) -> int:
         print(
             f"note: the last line of {args.replay_file} was cut short; replaying {len(replay.events)} blocks"
         )
-    try:
-        with VideoWriter(args.out, fps=world.config.fps) as writer:
-            for block in tqdm(
-                replay_blocks(replay, world), total=len(replay.events), unit="block", desc="replay"
-            ):
-                writer.write(block.frames)
-    except ReplayError as err:
-        raise CommandError(str(err)) from err
-    print(f"wrote {writer.frames} frames of {len(replay.events)} blocks to {args.out}")
+    if args.verify and all(event.frames is None for event in replay.events):
+        print(f"note: {args.replay_file} holds no frame hashes (a version 1 replay); replaying unchecked")
+    with VideoWriter(args.out, fps=world.config.fps) as writer:
+        blocks = replay_blocks(replay, world, verify=args.verify)
+        for block in tqdm(blocks, total=len(replay.events), unit="block", desc="replay"):
+            writer.write(block.frames)
+    checked = "each block matched its recorded hash" if args.verify else "not checked"
+    print(f"wrote {writer.frames} frames of {len(replay.events)} blocks to {args.out} ({checked})")
     return 0
-
-
-def _check_out(out: Path) -> None:
-    if out.suffix.lower() not in (".mp4", ".gif"):
-        raise CommandError(f"--out must end in .mp4 or .gif, not {out.name!r}")
-    if not out.parent.is_dir():
-        raise CommandError(f"the folder of --out does not exist: {out.parent}")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -224,6 +286,21 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_bench(world, blocks=args.blocks, seed=args.seed)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result))
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from worldsim.soak import format_soak, run_soak
+
+    if args.blocks < 1 or args.every < 1:
+        raise CommandError("--blocks and --every must be at least 1")
+    if args.json is not None:
+        check_output(args.json, (".json",), "--json")
+    world = open_world(args)
+    result = run_soak(world, blocks=args.blocks, seed=args.seed, every=args.every)
+    print(format_soak(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

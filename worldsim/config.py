@@ -35,6 +35,7 @@ class EngineConfig:
     onset_frame: int = 21  # the "onset" scheme anchors the block here, earlier frames before it
     fps: float = 16.0  # video frames per second
     training_horizon_frames: int = 21  # most latent frames the model saw together in training
+    lead_in_blocks: int = 0  # blocks generated and kept as context before the first one shown
     kept_frames: int = field(init=False)  # frames the cache holds between blocks
 
     def __post_init__(self) -> None:
@@ -65,6 +66,8 @@ class EngineConfig:
             problems.append(f"positions must be one of {POSITION_SCHEMES}, not {self.positions!r}")
         if self.shift <= 0 or self.fps <= 0:
             problems.append("shift and fps must be positive")
+        if self.lead_in_blocks < 0:
+            problems.append("lead_in_blocks must be 0 or more")
         if self.guidance_scale < 1:
             problems.append(f"guidance_scale must be 1 (off) or more, not {self.guidance_scale}")
         if problems:

@@ -43,3 +43,12 @@ def block_positions(
     if cut:
         positions[held:] = [p + config.cut_delta for p in positions[held:]]
     return positions
+
+
+def largest_position(config: EngineConfig) -> int | None:
+    """The largest temporal position a block outside a cut can get, or None where they grow forever."""
+    if config.positions == "relative":
+        return config.window_frames - 1
+    if config.positions == "onset":
+        return config.onset_frame + config.block_frames - 1
+    return None  # absolute

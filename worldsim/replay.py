@@ -1,24 +1,30 @@
 """Replays: a played session as JSON Lines, regenerated frame for frame (DESIGN section 6).
 
 The first line is a header: format and version, the bundle's name and weights hash, the scenario,
-the seed, the engine settings and the start prompt. Then one line per generated block::
+the seed, the engine settings and the start prompt. Then one line per generated block, with a hash
+of its frames::
 
-    {"block": 7, "action": "north", "prompt": "a green meadow, bright daylight, walking north", "cut": false}
+    {"block": 7, "action": "north", "prompt": "a green meadow, bright daylight, walking north",
+     "cut": false, "frames": "3f2a9c0d41b7e855"}
 
 Each line is written and flushed as its block is generated, so a crash loses nothing already
 played, and a truncated last line is skipped when reading. Replaying sets each block's prompt
 (a KV Flush when it changed) or cuts to it, exactly as the live session did; on the same device and
-dtype the frames are bit-identical.
+dtype the frames are bit-identical, and ``replay_blocks`` checks every block against its hash.
+Version 1 files (no hashes) still replay, unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
 
 from worldsim.config import EngineConfig
 
@@ -27,21 +33,34 @@ if TYPE_CHECKING:
     from worldsim.world import World
 
 FORMAT = "worldsim-replay"
-VERSION = 1
+VERSION = 2  # 2: each block's frame hash
+READABLE_VERSIONS = (1, 2)
 
 
 class ReplayError(ValueError):
     """A replay file that cannot be replayed here; the message says why."""
 
 
+class ReplayMismatch(ReplayError):
+    """A regenerated block whose frames differ from the recording's."""
+
+
 @dataclass(frozen=True)
 class ReplayEvent:
-    """What was applied before one block."""
+    """What was applied before one block, and the hash of the frames it gave."""
 
     block: int
     action: str
     prompt: str
     cut: bool
+    frames: str | None = None  # frames_digest of the block; None in version 1 files
+
+
+def frames_digest(frames: np.ndarray) -> str:
+    """A short SHA-256 of a block's frames (shape and bytes), as replays record it."""
+    digest = hashlib.sha256(str(frames.shape).encode())
+    digest.update(np.ascontiguousarray(frames).tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -90,11 +109,14 @@ class ReplayWriter:
 
     def write(self, block: Block, action: str = "") -> None:
         """Record the block just generated, with the action that led to it."""
-        self.write_event(block.index, action, block.prompt, block.cut)
+        self.write_event(
+            ReplayEvent(block.index, action, block.prompt, block.cut, frames_digest(block.frames))
+        )
 
-    def write_event(self, block: int, action: str, prompt: str, cut: bool) -> None:
-        """Record what ran before block `block`: the action, the prompt it ran under, and whether it cut."""
-        self._write({"block": block, "action": action, "prompt": prompt, "cut": cut})
+    def write_event(self, event: ReplayEvent) -> None:
+        """Record what ran before a block (the action, the prompt, whether it cut) and its frames' hash."""
+        record = {"block": event.block, "action": event.action, "prompt": event.prompt, "cut": event.cut}
+        self._write(record if event.frames is None else {**record, "frames": event.frames})
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is None:
@@ -114,7 +136,10 @@ def read_replay(path: str | Path) -> Replay:
     path = Path(path)
     if not path.is_file():
         raise ReplayError(f"no such replay file: {path}")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ReplayError(f"{path} is not a replay: not a text (UTF-8) file") from None
     if not lines:
         raise ReplayError(f"{path} is empty")
     try:
@@ -123,20 +148,15 @@ def read_replay(path: str | Path) -> Replay:
         raise ReplayError(f"{path}: the header line is not JSON ({err})") from err
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ReplayError(f"{path} is not a worldsim replay (its header has no format '{FORMAT}')")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise ReplayError(f"{path}: unsupported replay version {header.get('version')!r}")
-    missing = [k for k in ("bundle", "weights", "seed", "start_prompt", "engine") if k not in header]
-    if missing:
-        raise ReplayError(f"{path}: the header lacks {', '.join(missing)}")
+    _check_header(path, header)
 
     events: list[ReplayEvent] = []
     truncated = False
     for number, line in enumerate(lines[1:], start=2):
         try:
-            record = json.loads(line)
-            event = ReplayEvent(
-                int(record["block"]), str(record["action"]), str(record["prompt"]), bool(record["cut"])
-            )
+            event = _event(json.loads(line))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             if number == len(lines):  # the recording stopped mid-line: keep what came before
                 truncated = True
@@ -147,7 +167,46 @@ def read_replay(path: str | Path) -> Replay:
                 f"{path}, line {number}: block {event.block} where block {len(events)} was expected"
             )
         events.append(event)
+    if not events:
+        raise ReplayError(f"{path} holds no blocks: the recording has a header and nothing else")
     return Replay(header, tuple(events), truncated)
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """Refuse a header whose fields have the wrong types, naming the field."""
+    missing = [k for k in ("bundle", "weights", "seed", "start_prompt", "engine") if k not in header]
+    if missing:
+        raise ReplayError(f"{path}: the header lacks {', '.join(missing)}")
+    kinds = {"bundle": str, "weights": str, "start_prompt": str, "engine": dict}
+    for key, kind in kinds.items():
+        if not isinstance(header[key], kind):
+            what = "an object" if kind is dict else "a string"
+            raise ReplayError(f"{path}: the header's '{key}' must be {what}, not {header[key]!r}")
+    seed = header["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ReplayError(f"{path}: the header's 'seed' must be a whole number, not {seed!r}")
+    try:
+        EngineConfig.from_dict(header["engine"])
+    except ValueError as err:
+        raise ReplayError(f"{path}: the header's 'engine': {err}") from err
+    for key in ("source", "scenario"):
+        if header.get(key) is not None and not isinstance(header[key], str):
+            raise ReplayError(f"{path}: the header's '{key}' must be a string, not {header[key]!r}")
+
+
+def _event(record: Any) -> ReplayEvent:
+    """One event line; TypeError or ValueError if it is not one."""
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    block, action, prompt, cut = record["block"], record["action"], record["prompt"], record["cut"]
+    frames = record.get("frames")
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise TypeError(f"'block' must be a whole number, not {block!r}")
+    if not isinstance(action, str) or not isinstance(prompt, str) or not isinstance(cut, bool):
+        raise TypeError("'action' and 'prompt' must be strings and 'cut' true or false")
+    if frames is not None and not isinstance(frames, str):
+        raise TypeError(f"'frames' must be a hash (a string), not {frames!r}")
+    return ReplayEvent(block, action, prompt, cut, frames)
 
 
 def check_compatible(replay: Replay, world: World, source: str = "replay") -> None:
@@ -158,7 +217,7 @@ def check_compatible(replay: Replay, world: World, source: str = "replay") -> No
             f"it was recorded with weights {replay.header['weights'][:12]} ({replay.header['bundle']}), "
             f"this model has {world.weights_hash()[:12]} ({world.name})"
         )
-    recorded = replay.header["engine"]
+    recorded = replay.engine.to_dict()  # settings the file leaves out take their defaults
     current = world.config.to_dict()
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if changed:
@@ -170,10 +229,23 @@ def check_compatible(replay: Replay, world: World, source: str = "replay") -> No
         raise ReplayError(f"cannot replay {source}: " + "; ".join(problems))
 
 
-def replay_blocks(replay: Replay, world: World) -> Iterator[Block]:
-    """Regenerate the recorded blocks in order."""
+def replay_blocks(replay: Replay, world: World, verify: bool = True) -> Iterator[Block]:
+    """Regenerate the recorded blocks in order; with `verify`, each is checked against its recorded hash.
+
+    A block that differs is a ReplayError naming it, the hash recorded and the hash made.
+    """
     check_compatible(replay, world)
     session = world.session(replay.header["start_prompt"], seed=replay.seed)
     for event in replay.events:
         session.follow(event.prompt, event.cut)
-        yield session.step()
+        block = session.step()
+        if verify and event.frames is not None:
+            made = frames_digest(block.frames)
+            if made != event.frames:
+                where = f"{replay.header.get('device', '?')} {replay.header.get('dtype', '?')}"
+                here = f"{world.model.device} {str(world.model.dtype).removeprefix('torch.')}"
+                raise ReplayMismatch(
+                    f"block {event.block} differs from the recording: expected frames {event.frames}, "
+                    f"got {made} (recorded on {where}, replayed on {here}; --no-verify regenerates anyway)"
+                )
+        yield block

@@ -20,15 +20,17 @@ TOML holds ``[[shots]]`` tables. Each shot has ``prompt`` (string, required), ``
 ``blocks`` (integer) -- optional for the last shot only -- and ``cut`` (boolean, default false). A
 ``.txt`` file holds the text syntax.
 
-Seconds become blocks as ``max(1, round(seconds * fps / frames_per_block))`` (Python's ``round``, so
-exact halves go to the even neighbour).
+A video's length is counted in frames, so that the seconds asked for come out: a shot's end at ``t``
+seconds (counted from the start of the video) lies at frame ``round(t * fps)``, and the next shot
+begins with the block whose first frame is nearest to it (each shot at least one block long). The
+rollout generates whole blocks, and the video is cut to the frames asked for. A length in blocks
+counts whole blocks from where its shot begins.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 import re
 import sys
@@ -39,6 +41,8 @@ from typing import Any
 
 __all__ = [
     "BlockEvent",
+    "BlockTiming",
+    "Plan",
     "Schedule",
     "ScheduleError",
     "Shot",
@@ -185,15 +189,6 @@ class Shot:
         """True when the shot has no length and lasts until the end of the rollout."""
         return self.seconds is None and self.blocks is None
 
-    def length_in_blocks(self, frames_per_block: int, fps: float) -> int | None:
-        """Length of this shot in generation blocks, or None if it is open-ended."""
-        frames_per_block, fps = _check_rate(frames_per_block, fps)
-        if self.blocks is not None:
-            return self.blocks
-        if self.seconds is None:
-            return None
-        return max(1, round(self.seconds * fps / frames_per_block))
-
 
 @dataclass(frozen=True)
 class BlockEvent:
@@ -204,17 +199,44 @@ class BlockEvent:
     cut: bool
 
 
-def _check_rate(frames_per_block: int, fps: float) -> tuple[int, float]:
-    """Validate the block size and frame rate used to turn seconds into blocks."""
-    if isinstance(frames_per_block, bool):
-        raise TypeError("frames_per_block must be an integer")
-    frames_per_block = operator.index(frames_per_block)
-    if frames_per_block <= 0:
-        raise ValueError(f"frames_per_block must be positive, got {frames_per_block}")
-    fps = float(fps)
-    if not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive finite number, got {fps}")
-    return frames_per_block, fps
+@dataclass(frozen=True)
+class BlockTiming:
+    """How many video frames a rollout's blocks give: the first block `first`, every later one `later`."""
+
+    first: int
+    later: int
+    fps: float
+
+    def __post_init__(self) -> None:
+        for name in ("first", "later"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number of frames, got {value!r}")
+        if not math.isfinite(self.fps) or self.fps <= 0:
+            raise ValueError(f"fps must be a positive finite number, got {self.fps}")
+
+    def start_frame(self, block: int) -> int:
+        """The first video frame of block `block`."""
+        return 0 if block == 0 else self.first + (block - 1) * self.later
+
+    def nearest_block(self, frame: int) -> int:
+        """The block whose first frame is nearest to `frame` (the later one on a tie)."""
+        if 2 * frame < self.first:
+            return 0
+        return max(1, 1 + math.floor((frame - self.first) / self.later + 0.5))
+
+    def blocks_for(self, frames: int) -> int:
+        """The fewest blocks that give at least `frames` frames."""
+        return 0 if frames <= 0 else 1 + max(0, math.ceil((frames - self.first) / self.later))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each shot starts, and how long the video is."""
+
+    events: tuple[BlockEvent, ...]  # one per shot that starts before the end, in order
+    frames: int  # video frames in all
+    blocks: int  # blocks to generate (the last one may be cut short)
 
 
 @dataclass(frozen=True)
@@ -236,39 +258,43 @@ class Schedule:
             if index < len(shots) and shot.open_ended:
                 raise ScheduleError(f"shot {index} has no duration; only the last shot may leave it out")
 
-    def block_plan(
-        self, frames_per_block: int, fps: float, total_blocks: int | None = None
-    ) -> list[BlockEvent]:
-        """One BlockEvent per shot with its start block; shots starting at or past `total_blocks` drop out."""
-        frames_per_block, fps = _check_rate(frames_per_block, fps)
-        limit: int | None = None
-        if total_blocks is not None:
-            if isinstance(total_blocks, bool):
-                raise TypeError("total_blocks must be an integer")
-            limit = operator.index(total_blocks)
-            if limit < 0:
-                raise ValueError(f"total_blocks must not be negative, got {limit}")
-        events: list[BlockEvent] = []
-        start = 0
-        for shot in self.shots:
-            if limit is not None and start >= limit:
-                break
-            events.append(BlockEvent(block=start, prompt=shot.prompt, cut=shot.cut))
-            length = shot.length_in_blocks(frames_per_block, fps)
-            if length is None:
-                break
-            start += length
-        return events
+    @property
+    def open_ended(self) -> bool:
+        """True when the last shot has no length: the video's length must come from elsewhere."""
+        return self.shots[-1].open_ended
 
-    def total_blocks(self, frames_per_block: int, fps: float) -> int | None:
-        """Sum of the shots' lengths in blocks, or None if the last shot is open-ended."""
-        total = 0
+    def plan(self, timing: BlockTiming, total_seconds: float | None = None) -> Plan:
+        """The block each shot starts at and the video's length in frames.
+
+        The length is `total_seconds` when given (shots starting at or after it drop out), else the
+        shots' own; an open-ended last shot needs `total_seconds`.
+        """
+        if total_seconds is None and self.open_ended:
+            raise ScheduleError("the last shot has no duration, so the video's length must be given")
+        if total_seconds is not None and (not math.isfinite(total_seconds) or total_seconds <= 0):
+            raise ScheduleError(
+                f"the video's length must be a positive number of seconds, got {total_seconds}"
+            )
+        limit = None if total_seconds is None else max(1, round(total_seconds * timing.fps))
+        events, block, seconds = [], 0, 0.0
+        end_frame = 0
         for shot in self.shots:
-            length = shot.length_in_blocks(frames_per_block, fps)
-            if length is None:
-                return None
-            total += length
-        return total
+            if limit is not None and timing.start_frame(block) >= limit:
+                break
+            events.append(BlockEvent(block=block, prompt=shot.prompt, cut=shot.cut))
+            if shot.open_ended:
+                break
+            if shot.seconds is not None:
+                seconds += shot.seconds
+                end_frame = round(seconds * timing.fps)
+                block = max(block + 1, timing.nearest_block(end_frame))
+            else:
+                assert shot.blocks is not None
+                block += shot.blocks
+                end_frame = timing.start_frame(block)
+                seconds = end_frame / timing.fps
+        frames = limit if limit is not None else end_frame
+        return Plan(tuple(events), frames, timing.blocks_for(frames))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from models.causal_wan import CausalWanTransformer, TextContext
 from models.streaming_vae import DecoderState, StreamingDecoder, to_uint8_frames
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
-from worldsim.rollout import close_block, open_block
+from worldsim.rollout import BlockWindow, close_block, open_block
 from worldsim.sampler import FlowMatchSchedule, renoise, sample_block
 
 if TYPE_CHECKING:
@@ -65,8 +65,17 @@ class Block:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time by stage: transformer, decode
 
 
+class NonFiniteError(RuntimeError):
+    """The model made NaN or Inf latents; the message names the block."""
+
+
 class Session:
-    """An endless rollout from a prompt and a seed; change the prompt or cut at any block."""
+    """An endless rollout from a prompt and a seed; change the prompt or cut at any block.
+
+    With ``lead_in_blocks`` (an engine setting), the first ``step()`` first generates that many
+    blocks under the start prompt that it commits to the cache and the decoder's state but does not
+    return: a model's first block, made with nothing to attend to, can be its worst.
+    """
 
     def __init__(
         self, world: Components, prompt: str, seed: int = 0, config: EngineConfig | None = None
@@ -79,18 +88,14 @@ class Session:
         self.schedule = FlowMatchSchedule(self.config.denoising_steps, self.config.shift)
         self.cache = KVCache(world.model.num_layers, self.config.kept_frames, self.config.sink_frames)
         self.decoder_state: DecoderState = world.decoder.new_state()
-        self.block_index = 0
-        self.frames_generated = 0
+        self.block_index = 0  # blocks returned so far
+        self.latent_frames = 0  # latent frames generated so far, lead-in included
+        self.frames_generated = 0  # video frames returned so far
         self.prompt = prompt
         self._text: TextContext = world.text_context(prompt)
         self._guided_text: TextContext | None = None  # (prompt, empty prompt), made when guidance needs it
         self._pending_prompt: str | None = None
         self._pending_cut = False
-
-    @property
-    def latent_frames(self) -> int:
-        """Latent frames generated so far."""
-        return self.block_index * self.config.block_frames
 
     def set_prompt(self, prompt: str) -> None:
         """Follow `prompt` from the next block on; a change fires a KV Flush before it."""
@@ -111,53 +116,27 @@ class Session:
 
     @torch.no_grad()
     def step(self, noise: Tensor | None = None) -> Block:
-        """Generate, commit and decode the next block; `noise` (1, C, n, h, w) overrides the seed's."""
-        config, model = self.config, self.world.model
-        n = config.block_frames
+        """Generate, commit and decode the next block; `noise` (1, C, n, h, w) overrides the seed's.
 
-        # 1-2. Prompt change -> KV Flush; scene change -> RoPE Cut; the window's temporal positions.
+        NonFiniteError if the model makes NaN or Inf latents (nothing of that block is kept).
+        """
+        if noise is not None and tuple(noise.shape) != self.world.latent_shape(self.config.block_frames):
+            expected = self.world.latent_shape(self.config.block_frames)
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {expected}")
+        started = self.clock()
+        if self.latent_frames == 0:
+            for _ in range(self.config.lead_in_blocks):
+                lead_in, _ = self._generate(None, changed=False, cut=False)
+                self.world.decoder.decode(lead_in, self.decoder_state)
+
+        # 1. Prompt change -> new text keys/values (a KV Flush in step 2); scene change -> RoPE Cut.
         changed = self._pending_prompt is not None and self._pending_prompt != self.prompt
         if changed and self._pending_prompt is not None:
             self.prompt = self._pending_prompt
             self._text = self.world.text_context(self.prompt)  # new cross-attention keys/values
             self._guided_text = None
-        start = self.latent_frames
-        window = open_block(self.cache, config, start, changed=[changed], cut=[self._pending_cut])
+        x0, window = self._generate(noise, changed=changed, cut=self._pending_cut)
         self._pending_prompt, self._pending_cut = None, False
-
-        # 3. Denoise the block against the cache.
-        started = self.clock()
-        batch = torch.ones(1, device=model.device)
-
-        guidance = config.guidance_scale
-        if guidance == 1.0:
-
-            def flow(x: Tensor, timestep: float) -> Tensor:
-                return window.predict(model, x.to(model.dtype), batch * timestep, self._text)[0]
-
-        else:  # one call over (prompt, empty prompt); both attend to the same cache
-            if self._guided_text is None:  # once per prompt, not per block
-                self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
-            pair = self._guided_text
-
-            def flow(x: Tensor, timestep: float) -> Tensor:
-                both = window.predict(
-                    model, x.to(model.dtype).expand(2, -1, -1, -1, -1), batch.expand(2) * timestep, pair
-                )[0]
-                conditional, unconditional = both.float().chunk(2)
-                return unconditional + guidance * (conditional - unconditional)
-
-        if noise is None:
-            noise = torch.randn(self.world.latent_shape(n), generator=self.generator, dtype=torch.float32)
-        elif tuple(noise.shape) != self.world.latent_shape(n):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {self.world.latent_shape(n)}")
-        x0 = sample_block(flow, self.schedule, noise.to(model.device), self.generator)
-
-        # 4. Context pass: the clean block's keys/values are what the cache keeps.
-        context = renoise(x0, config.context_noise, self.generator)
-        close_block(
-            model, self.cache, window, context.to(model.dtype), batch * config.context_noise, self._text
-        )
         denoised = self.clock()
 
         # 5. Decode.
@@ -179,6 +158,52 @@ class Session:
         self.block_index += 1
         self.frames_generated += frames.shape[0]
         return block
+
+    def _generate(self, noise: Tensor | None, changed: bool, cut: bool) -> tuple[Tensor, BlockWindow]:
+        """Steps 2-4: the window, the denoised block and its commit; returns the block's clean latents."""
+        config, model = self.config, self.world.model
+        n = config.block_frames
+
+        # 2. KV Flush or RoPE Cut, and the window's temporal positions.
+        start = self.latent_frames
+        window = open_block(self.cache, config, start, changed=[changed], cut=[cut])
+
+        # 3. Denoise the block against the cache.
+        batch = torch.ones(1, device=model.device)
+        guidance = config.guidance_scale
+        if guidance == 1.0:
+
+            def flow(x: Tensor, timestep: float) -> Tensor:
+                return window.predict(model, x.to(model.dtype), batch * timestep, self._text)[0]
+
+        else:  # one call over (prompt, empty prompt); both attend to the same cache
+            if self._guided_text is None:  # once per prompt, not per block
+                self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
+            pair = self._guided_text
+
+            def flow(x: Tensor, timestep: float) -> Tensor:
+                both = window.predict(
+                    model, x.to(model.dtype).expand(2, -1, -1, -1, -1), batch.expand(2) * timestep, pair
+                )[0]
+                conditional, unconditional = both.float().chunk(2)
+                return unconditional + guidance * (conditional - unconditional)
+
+        if noise is None:
+            noise = torch.randn(self.world.latent_shape(n), generator=self.generator, dtype=torch.float32)
+        x0 = sample_block(flow, self.schedule, noise.to(model.device), self.generator)
+        if not bool(torch.isfinite(x0).all()):
+            raise NonFiniteError(
+                f"block {self.block_index}: the model made NaN or Inf latents "
+                "(broken weights, or settings the model cannot run with)"
+            )
+
+        # 4. Context pass: the clean block's keys/values are what the cache keeps.
+        context = renoise(x0, config.context_noise, self.generator)
+        close_block(
+            model, self.cache, window, context.to(model.dtype), batch * config.context_noise, self._text
+        )
+        self.latent_frames += n
+        return x0, window
 
     def clock(self) -> float:
         """Seconds on a monotonic clock, after the device finishes its work if `synchronize_timing`."""

@@ -54,6 +54,18 @@ class World:
         stride = self.decoder.spatial_stride
         return (1, self.latent_channels, frames, self.height // stride, self.width // stride)
 
+    def block_video_frames(self, config: EngineConfig | None = None) -> tuple[int, int]:
+        """Video frames of the first block a session returns, and of every later block.
+
+        The decoder turns a video's very first latent frame into one video frame and every later one
+        into `temporal_stride`; after lead-in blocks, the first block shown is a later one.
+        """
+        config = config or self.config
+        later = self.decoder.video_frames(config.block_frames, first=False)
+        if config.lead_in_blocks:
+            return later, later
+        return self.decoder.video_frames(config.block_frames, first=True), later
+
     def text_context(self, prompt: str) -> TextContext:
         """Cross-attention keys/values of `prompt`, computed once per prompt."""
         context = self._contexts.get(prompt)

@@ -116,6 +116,9 @@ class TrainConfig:
     """flow-matching timestep shift of the bundle's sampler"""
     guidance_scale: float = 2.5
     """the bundle's classifier-free guidance against the empty prompt; 1 is off"""
+    lead_in_blocks: int = 2
+    """blocks a session of the bundle generates as context before the first it shows (engine setting): a
+    first block made with nothing to attend to comes out in the wrong colours"""
     checkpoint_every: int = 100
     """steps between checkpoints of each stage"""
 
@@ -150,4 +153,5 @@ def bundle_engine(config: TrainConfig) -> EngineConfig:
         shift=config.sampling_shift,
         guidance_scale=config.guidance_scale,
         training_horizon_frames=config.window_frames,
+        lead_in_blocks=config.lead_in_blocks,
     )

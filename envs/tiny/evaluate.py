@@ -30,14 +30,12 @@ recoded behind a warm-up walk of its own at each switch), and decoded from a fre
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -125,12 +123,6 @@ class ModelRollout(Rollout):
         """Set the prompt (or cut to it) and generate a block."""
         self.session.follow(prompt_for(biome, condition, action), cut)
         return self.session.step().frames
-
-
-def block_frame_counts(world: World) -> tuple[int, int]:
-    """Video frames of the world's first block and of every later one."""
-    decoder, n = world.decoder, world.config.block_frames
-    return decoder.video_frames(n, first=True), decoder.video_frames(n, first=False)
 
 
 class TruthRollout(Rollout):
@@ -440,7 +432,7 @@ SCHEMES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
 def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = False) -> list[EvalResult]:
     """Measure the model and the ceilings; returns [model, ground truth, VAE round trip] rows."""
     config = world.config
-    first, later = block_frame_counts(world)
+    first, later = world.block_video_frames()
     episodes, switches, cuts = (3, 4, 6) if quick else (18, 18, 18)
     speed_frames = 200 if quick else 2000  # frames the ceilings' speed is timed over
     window = min(1000, frames // 2)
@@ -549,46 +541,6 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
                 f"over {math.ceil(window / QUALITY_CHUNK)} chunks of {QUALITY_CHUNK} frames, paired)"
             )
     return "\n".join(lines)
-
-
-def register_cli(commands: argparse._SubParsersAction) -> None:
-    """Add `worldsim eval` to the command line."""
-    parser = commands.add_parser("eval", help="measure the world model against the procedural ground truth")
-    parser.add_argument("--model", default="tiny", help="bundle name or folder (default: tiny)")
-    parser.add_argument(
-        "--frames", type=int, default=10_000, help="long-horizon rollout length (default 10000)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="fewer episodes, for a fast look")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--write-card", action="store_true", help="put the table into the bundle's MODEL_CARD.md"
-    )
-    parser.set_defaults(run=_run_cli, device="cpu", dtype="float32", checkpoint=None)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from worldsim.cli import CommandError, open_world
-
-    if args.frames < 100:
-        raise CommandError("--frames must be at least 100")
-    world = open_world(args)
-    rows = evaluate(world, frames=args.frames, seed=args.seed, quick=args.quick)
-    if args.json:
-        print(
-            json.dumps(
-                {"frames": args.frames, "seed": args.seed, "rows": [asdict(r) for r in rows]}, indent=2
-            )
-        )
-    else:
-        print(format_table(rows, args.frames))
-    if args.write_card:
-        command = f"worldsim eval --model {args.model} --frames {args.frames} --seed {args.seed}"
-        path = write_card(
-            world, f"`{command}` on {platform.machine()} CPU:\n\n" + format_table(rows, args.frames)
-        )
-        print(f"wrote the table into {path}")
-    return 0
 
 
 def write_card(world: World, text: str) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from envs.tiny.evaluate import ModelRollout, Rollout, TruthRollout, block_frame_counts
+from envs.tiny.evaluate import ModelRollout, Rollout, TruthRollout
 from worldsim.bundle import load
 from worldsim.world import World
 
@@ -43,7 +43,7 @@ def shot_frames(rollout: Rollout, seed: int, blocks_per_shot: int) -> list[list[
 
 def rollout_figure(world: World, seed: int = 0, scale: int = 2) -> np.ndarray:
     """The picture, (H, W, 3) uint8 RGB: per shot, a labelled row of model frames over ground-truth frames."""
-    model, truth = ModelRollout(world), TruthRollout(*block_frame_counts(world))
+    model, truth = ModelRollout(world), TruthRollout(*world.block_video_frames())
     blocks = max(1, SHOT_LATENT_FRAMES // world.config.block_frames)
     rows = zip(shot_frames(model, seed, blocks), shot_frames(truth, seed, blocks), strict=True)
     tile, pad, label = world.height * scale, 4, 16

@@ -15,7 +15,6 @@ from its own checkpoint in the run folder, then the bundle:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -32,7 +31,7 @@ from torch import Tensor
 
 from envs.procedural.world import SCENARIO_PATH
 from envs.tiny.card import CARD_FILE, WHITENING_FILE, model_card
-from envs.tiny.config import TrainConfig, bundle_engine, field_help
+from envs.tiny.config import TrainConfig, bundle_engine
 from envs.tiny.data import build_dataset, dataset_episodes, make_episode, per_model_block
 from envs.tiny.losses import (
     decoder_frame_weights,
@@ -314,42 +313,3 @@ def export_bundle(
         shutil.copyfile(run / "log.jsonl", bundle / "train_log.jsonl")
     (bundle / CARD_FILE).write_text(model_card(config, run, transformer, vae))
     return bundle
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def register_cli(commands: argparse._SubParsersAction) -> None:
-    """Add `worldsim train` to the command line."""
-    parser = commands.add_parser(
-        "train",
-        help="train the built-in tiny world model (resumable)",
-        description="Train the tiny world model on the procedural world: the VAE, the latent data set, "
-        "the decoder alone, then the causal transformer, and write a bundle. Each stage checkpoints "
-        "into --run-dir; the same command resumes where it stopped.",
-    )
-    defaults, helps = TrainConfig().to_dict(), field_help(TrainConfig)
-    for name, default in defaults.items():
-        kind = parse_bool if isinstance(default, bool) else type(default)
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=kind,
-            default=default,
-            help=f"{helps[name]} (default: %(default)s)",
-        )
-    parser.set_defaults(run=_run_cli)
-
-
-def parse_bool(text: str) -> bool:
-    """true/yes/1 or false/no/0, for boolean flags."""
-    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-    if text.lower() not in words:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return words[text.lower()]
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    train(TrainConfig(**{name: getattr(args, name) for name in TrainConfig().to_dict()}))
-    return 0
