@@ -25,6 +25,7 @@ from gymnasium import spaces
 
 from envs.procedural.rewards import RewardFn, resolve_reward
 from worldsim.bundle import load
+from worldsim.device import use_threads
 from worldsim.scenario import PromptChange, PromptState, Scenario, ScenarioError, load_scenario
 from worldsim.session import Block, Session
 from worldsim.world import World
@@ -116,13 +117,15 @@ class WorldEnv(gymnasium.Env):
 
     ```python
     gymnasium.make("envs:worldsim/World-v0", model="tiny", scenario=None, device="cpu",
-                   dtype="float32", reward=None, text_actions=False, render_mode=None, world=None,
-                   max_episode_steps=1000)
+                   dtype="float32", threads="auto", reward=None, text_actions=False,
+                   render_mode=None, world=None, max_episode_steps=1000)
     ```
 
     * ``model``: a bundle name or folder, opened with ``worldsim.load`` (once per process).
     * ``scenario``: a scenario TOML file; by default the one the bundle ships.
     * ``device``, ``dtype``: where and in what precision the model runs.
+    * ``threads``: torch's CPU threads for this process: ``"auto"`` (one per two cores, so a busy
+      machine does not stall generation; ``worldsim.device``), a number, or None to leave them.
     * ``reward``: a name from ``envs.procedural.rewards.REWARDS`` or a callable ``(frames, info) -> float``.
     * ``text_actions``: take free-text prompts instead of the scenario's actions.
     * ``render_mode``: ``"rgb_array"`` (``render()`` returns the last frame) or ``"human"``
@@ -141,6 +144,7 @@ class WorldEnv(gymnasium.Env):
         scenario: str | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        threads: int | str | None = "auto",
         reward: str | RewardFn | None = None,
         text_actions: bool = False,
         render_mode: str | None = None,
@@ -152,6 +156,12 @@ class WorldEnv(gymnasium.Env):
             )
         # Checked before loading anything, so a typo fails fast.
         self.reward_fn = resolve_reward(reward)
+        if threads == "auto":
+            use_threads(None)
+        elif isinstance(threads, int) and not isinstance(threads, bool):
+            use_threads(threads)
+        elif threads is not None:
+            raise ValueError(f"threads must be 'auto', a whole number or None, not {threads!r}")
         self.world = world if world is not None else load_world(model, device, dtype)
         scenario = scenario or self.world.scenario
         if scenario is None:

@@ -526,6 +526,18 @@ def test_the_built_in_tiny_bundle_ships_loads_by_name_and_plays() -> None:
     assert block.frames.shape == (world.block_video_frames()[0], 64, 64, 3)
 
 
+def test_the_built_in_worlds_first_frame_shows_the_prompt() -> None:
+    """The model's first block, made with nothing to attend to, came out blue-purple (it read as tundra
+    at night); the bundle's lead-in blocks keep it as context and show what follows."""
+    from envs.procedural.probes import classify
+
+    world = worldsim.load("tiny")
+    assert world.config.lead_in_blocks > 0
+    for seed in range(3):
+        frames = world.session("a green meadow, bright daylight, walking east", seed=seed).step().frames
+        assert classify(frames[:1]) == ("meadow", "day"), seed
+
+
 def test_missing_or_broken_text_whitening(copy: Path) -> None:
     text = {"kind": "minilm", "whitening": "white.safetensors"}
     edit_spec(copy, lambda spec: spec.update(text_encoder=text))

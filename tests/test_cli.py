@@ -103,3 +103,36 @@ def test_bench_random_preset_and_errors(capsys) -> None:
     if not torch.cuda.is_available():
         assert main(["bench", "--random", "tiny", "--device", "cuda"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_soak_reports_counts_checks_and_memory(bundle, tmp_path, capsys) -> None:
+    report = tmp_path / "soak.json"
+    assert main(["soak", "--model", bundle, "--blocks", "40", "--every", "10", "--json", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "verdict: ok" in text and "non-finite latents: none" in text
+    result = json.loads(report.read_text())
+    assert result["blocks"] == 40 and result["ok"] and not result["positions_out_of_window"]
+    assert result["prompt_changes"] > 0 and result["cuts"] > 0
+    assert [block for block, _ in result["memory_mb"]] == [1, 11, 21, 31, 40]
+    assert main(["soak", "--model", bundle, "--blocks", "0"]) == 2
+
+
+def test_readme_has_one_set_up_command_and_the_test_command_ci_runs() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+
+    def commands(section: str) -> list[str]:
+        body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+        blocks = body.split("```bash\n")[1:]
+        return [line for block in blocks for line in block.split("```")[0].splitlines() if line.strip()]
+
+    set_up, test = commands("Set up"), commands("Test")
+    assert set_up == [
+        "python3 -m venv .venv && . .venv/bin/activate",
+        'pip install torch==2.13.0 && pip install -e ".[dev]"',
+    ]
+    assert len(test) == 1
+    ci = (root / ".ci" / "run").read_text().splitlines()
+    assert set_up[1] in ci and test[0] in ci

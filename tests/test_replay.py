@@ -53,6 +53,21 @@ def test_replay_regenerates_the_same_frames(tmp_path) -> None:
     assert [digest(b.frames) for b in replay_blocks(replay, tiny_world())] == recorded
 
 
+def test_a_version_1_replay_without_hashes_still_replays(tmp_path) -> None:
+    world = tiny_world()
+    path = tmp_path / "run.jsonl"
+    recorded = record(world, path, PLAN, 3)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["version"] == 2 and all(len(line["frames"]) == 16 for line in lines[1:])
+    lines[0]["version"] = 1
+    for line in lines[1:]:
+        del line["frames"]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    replay = read_replay(path)
+    assert all(event.frames is None for event in replay.events)
+    assert [digest(b.frames) for b in replay_blocks(replay, tiny_world())] == recorded
+
+
 def test_truncated_last_line_is_tolerated_and_other_damage_is_not(tmp_path) -> None:
     world = tiny_world()
     path = tmp_path / "run.jsonl"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.tiny.losses import prompt_changes, training_rollout
+from envs.tiny.losses import Clips, prompt_changes, training_rollout
 from tests.conftest import tiny_world
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
@@ -64,9 +64,8 @@ def test_training_rollout_equals_session_steps_bit_for_bit(engine: EngineConfig)
         return torch.ones(1), next(noise_of)
 
     with torch.no_grad():
-        rolled = training_rollout(
-            model, latents, text_states, prompt_changes([PROMPTS]), [CUTS], engine, from_sigma_one
-        )
+        clips = Clips(latents, text_states, prompt_changes([PROMPTS]), [CUTS])
+        rolled = training_rollout(model, clips, engine, from_sigma_one)
         for block, trained, cache, frames in zip(blocks, rolled, caches, held, strict=True):
             assert torch.equal(trained.estimate[0], block.latents)
             assert tuple(trained.window.positions[0]) == block.positions
@@ -102,8 +101,10 @@ def test_a_batch_with_caches_of_different_lengths_equals_each_clip_alone() -> No
             return [
                 (b.flow, b.window.key_mask is not None)
                 for b in training_rollout(
-                    world.model, latents[rows], text_states[rows], prompt_changes(prompts[rows]), cuts[rows],
-                    engine, noise,
+                    world.model,
+                    Clips(latents[rows], text_states[rows], prompt_changes(prompts[rows]), cuts[rows]),
+                    engine,
+                    noise,
                 )
             ]  # fmt: skip
 

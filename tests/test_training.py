@@ -15,6 +15,7 @@ from envs.procedural.world import ACTION_TEXT, ACTIONS
 from envs.tiny.config import TrainConfig, bundle_engine
 from envs.tiny.data import build_dataset, dataset_episodes, encode_episodes, make_episode
 from envs.tiny.losses import (
+    Clips,
     decoder_frame_weights,
     own_prediction,
     prompt_changes,
@@ -358,8 +359,8 @@ def test_rollout_loss_with_weights_is_the_weighted_mean_of_the_clips_block_losse
     def loss(weights: torch.Tensor | None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)  # the same noise on every call
         with torch.no_grad():
-            return rollout_loss(model, latents, text_states, changed, cuts, engine, sigma_choices, 0.25,
-                                generator, weights=weights)  # fmt: skip
+            clips = Clips(latents, text_states, changed, cuts)
+            return rollout_loss(model, clips, engine, sigma_choices, 0.25, generator, weights=weights)
 
     plain = loss(None)
     torch.testing.assert_close(loss(torch.ones(2, 3)), plain)

@@ -23,7 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worldsim.device import DTYPES
+from worldsim.device import DTYPES, check_device_name
 
 if TYPE_CHECKING:  # torch and the models load only when a command needs them
     from worldsim.world import World
@@ -217,12 +217,9 @@ def check_output(path: Path, suffixes: Sequence[str] = VIDEO_SUFFIXES, flag: str
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from worldsim.schedule import BlockTiming, ScheduleError, load_schedule, schedule_from_prompt
-    from worldsim.session import run_schedule
-    from worldsim.video import VideoWriter
 
+    check_device_name(args.device)
     if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
         raise CommandError(f"--seconds must be a positive number, not {args.seconds}")
     try:
@@ -232,6 +229,11 @@ def _generate(args: argparse.Namespace) -> int:
     except ScheduleError as err:  # its message shows the place in the script, on lines of its own
         raise CommandError(f"bad --script:\n{err}") from err
     check_output(args.out)
+
+    from tqdm import tqdm
+
+    from worldsim.session import run_schedule
+    from worldsim.video import VideoWriter
 
     world = open_world(args)
     config = world.config
@@ -257,6 +259,7 @@ def _replay(args: argparse.Namespace) -> int:
     from worldsim.replay import read_replay, replay_blocks
     from worldsim.video import VideoWriter
 
+    check_device_name(args.device)
     replay = read_replay(args.replay_file)
     check_output(args.out)
     if args.model is None:
@@ -278,10 +281,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from worldsim.bench import format_result, run_bench
-
     if args.blocks < 2:
         raise CommandError("--blocks must be at least 2")
+    check_device_name(args.device)
+    from worldsim.bench import format_result, run_bench
+
     world = open_world(args)
     result = run_bench(world, blocks=args.blocks, seed=args.seed)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result))
@@ -289,12 +293,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from worldsim.soak import format_soak, run_soak
-
     if args.blocks < 1 or args.every < 1:
         raise CommandError("--blocks and --every must be at least 1")
+    check_device_name(args.device)
     if args.json is not None:
         check_output(args.json, (".json",), "--json")
+    from worldsim.soak import format_soak, run_soak
+
     world = open_world(args)
     result = run_soak(world, blocks=args.blocks, seed=args.seed, every=args.every)
     print(format_soak(result))

@@ -44,8 +44,20 @@ def use_threads(threads: int | None = None) -> int:
     return count
 
 
+def check_device_name(device: str) -> None:
+    """Refuse a device name worldsim cannot run on, without importing torch: cpu, cuda or cuda:N only."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") and not kind.isalpha():
+        raise DeviceError(f"unknown device {device!r} (use cpu or cuda)")
+    if kind not in ("cpu", "cuda"):
+        raise DeviceError(f"worldsim runs on cpu or cuda, not {kind!r}")
+    if index and (kind == "cpu" or not index.isdigit()):
+        raise DeviceError(f"unknown device {device!r} (use cpu, cuda or cuda:N)")
+
+
 def parse_device(device: str) -> torch.device:
     """A device worldsim can run on: the CPU or an available CUDA GPU; DeviceError otherwise."""
+    check_device_name(device)
     import torch
 
     try:

@@ -141,37 +141,43 @@ class RolledBlock:
         return self.noisy - self.sigma.view(-1, 1, 1, 1, 1) * self.flow
 
 
+@dataclass(frozen=True)
+class Clips:
+    """A batch of training clips, and per block the text it runs under and the events before it."""
+
+    latents: Tensor  # (B, C, F, h, w) clean normalised latents
+    text_states: Tensor  # (B, blocks, L, dim) text-encoder states of each block's prompt
+    changed: Sequence[Sequence[bool]]  # changed[b][k]: block k of clip b follows a prompt change
+    cuts: Sequence[Sequence[bool]]  # cuts[b][k]: block k of clip b follows a RoPE Cut
+
+
 NoiseFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # clean block -> (sigma (B,), eps)
 ContextFn = Callable[[Tensor, TextContext, BlockWindow], Tensor]  # clean block -> what the cache keeps
 
 
 def training_rollout(
     model: CausalWanTransformer,
-    latents: Tensor,
-    text_states: Tensor,
-    changed: Sequence[Sequence[bool]],
-    cuts: Sequence[Sequence[bool]],
+    clips: Clips,
     engine: EngineConfig,
     noise: NoiseFn,
     context: ContextFn | None = None,
 ) -> Iterator[RolledBlock]:
     """A batch of clips rolled out block by block as a session would roll them out.
 
-    latents: (B, C, F, h, w) clean normalised latents; text_states: (B, blocks, L, dim);
-    changed[b][k] / cuts[b][k]: block k of clip b follows a prompt change / a RoPE Cut. Each block is
-    opened (flush, cut, positions: ``worldsim.rollout.open_block``), noised by `noise`, scored by the
-    model against the window, and closed with the context `context` gives (default: the clean block)
-    at timestep 0, exactly as ``Session.step`` closes a block.
+    Each block is opened (flush, cut, positions: ``worldsim.rollout.open_block``), noised by `noise`,
+    scored by the model against the window, and closed with the context `context` gives (default: the
+    clean block) at timestep 0, exactly as ``Session.step`` closes a block.
     """
-    batch, _, frames, _, _ = latents.shape
+    batch, _, frames, _, _ = clips.latents.shape
     n = engine.block_frames
     cache = KVCache(model.num_layers, engine.kept_frames, engine.sink_frames, batch)
-    zero = torch.zeros(batch, device=latents.device)
+    zero = torch.zeros(batch, device=clips.latents.device)
     for block in range(frames // n):
         start = block * n
-        clean = latents[:, :, start : start + n]
-        text = model.encode_text(text_states[:, block])
-        window = open_block(cache, engine, start, [c[block] for c in changed], [c[block] for c in cuts])
+        clean = clips.latents[:, :, start : start + n]
+        text = model.encode_text(clips.text_states[:, block])
+        changed, cuts = [c[block] for c in clips.changed], [c[block] for c in clips.cuts]
+        window = open_block(cache, engine, start, changed, cuts)
         sigma, eps = noise(clean)
         s = sigma.view(-1, 1, 1, 1, 1)
         noisy = (1 - s) * clean + s * eps
@@ -200,10 +206,7 @@ def training_noise(
 
 def rollout_loss(
     model: CausalWanTransformer,
-    latents: Tensor,
-    text_states: Tensor,
-    changed: Sequence[Sequence[bool]],
-    cuts: Sequence[Sequence[bool]],
+    clips: Clips,
     engine: EngineConfig,
     sigma_choices: Tensor,
     sampler_share: float,
@@ -226,7 +229,7 @@ def rollout_loss(
 
     losses = [  # per block, (B,)
         (block.flow.float() - (block.eps - block.clean)).square().mean(dim=(1, 2, 3, 4))
-        for block in training_rollout(model, latents, text_states, changed, cuts, engine, noise, context)
+        for block in training_rollout(model, clips, engine, noise, context)
     ]
     per_block = torch.stack(losses, dim=1)  # (B, blocks)
     if weights is None:

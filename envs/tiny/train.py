@@ -34,6 +34,7 @@ from envs.tiny.card import CARD_FILE, WHITENING_FILE, model_card
 from envs.tiny.config import TrainConfig, bundle_engine
 from envs.tiny.data import build_dataset, dataset_episodes, make_episode, per_model_block
 from envs.tiny.losses import (
+    Clips,
     decoder_frame_weights,
     prompt_changes,
     reconstruction_loss,
@@ -257,10 +258,17 @@ def train_transformer(
         weights = (
             None if config.switch_weight == 1 else switch_weights(prompts_of, cuts, config.switch_weight)
         )
+        batch = Clips(batch_latents, text_states, prompt_changes(prompts_of), cuts)
         total = rollout_loss(
-            model, batch_latents, text_states, prompt_changes(prompts_of), cuts, engine, sigma_choices,
-            config.sampler_sigma_share, noise, config.self_context, weights,
-        )  # fmt: skip
+            model,
+            batch,
+            engine,
+            sigma_choices,
+            config.sampler_sigma_share,
+            noise,
+            config.self_context,
+            weights,
+        )
         return total, {"loss": total.item()}
 
     def update_ema(step: int) -> None:
