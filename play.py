@@ -36,8 +36,8 @@ import numpy as np
 
 from controllers import Controller, KeyboardController
 from worldsim.cli import CommandError, check_output, model_options, open_world, run_command
-from worldsim.config import EngineConfig
-from worldsim.replay import ReplayEvent, ReplayWriter, frames_digest
+from worldsim.image import read_image
+from worldsim.replay import ReplayEvent, ReplayWriter, SessionStart, frames_digest
 from worldsim.scenario import PromptState, Scenario, load_scenario
 
 if TYPE_CHECKING:
@@ -99,15 +99,6 @@ class Generated:
     block: Block
     action: str
     seconds: float
-
-
-@dataclass(frozen=True)
-class SessionStart:
-    """A session as it started: what a replay header records, whenever recording begins."""
-
-    seed: int
-    prompt: str
-    config: EngineConfig
 
 
 class BlockProducer:
@@ -174,9 +165,9 @@ class BlockProducer:
 class Recorder:
     """Every block played so far, and the replay file being written, if any."""
 
-    def __init__(self, world: World, start: SessionStart, scenario: str, path: Path | None) -> None:
+    def __init__(self, world: World, session: SessionStart, scenario: str, path: Path | None) -> None:
         self.world = world
-        self.start_state = start
+        self.session = session  # read for how it started (seed, start prompt, settings, picture)
         self.scenario = scenario
         self.first_path = path
         self.writer: ReplayWriter | None = None
@@ -193,9 +184,7 @@ class Recorder:
     def start(self) -> Path:
         """Open a new replay file and write the blocks played so far into it."""
         path = self._next_path()
-        # the header wants the session as it started (seed, start prompt, settings), not as it is now
-        start: Any = self.start_state
-        writer = ReplayWriter(path, self.world, start, scenario=self.scenario)
+        writer = ReplayWriter(path, self.world, self.session, scenario=self.scenario)
         for event in self._played:
             writer.write_event(event)
         self.writer = writer
@@ -520,6 +509,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--scenario", type=Path, help="scenario file or built-in name (default: the bundle's)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image", type=Path, metavar="FILE", help="start from this picture (PNG, JPEG, ...)")
     parser.add_argument(
         "--record", type=Path, metavar="FILE.jsonl", help="record a replay from the start (R toggles)"
     )
@@ -579,6 +569,7 @@ def run(args: argparse.Namespace, on_frame: FrameCallback | None = None) -> int:
     pg = _import_pygame()
     _check_args(args)
     scenario = load_scenario(args.scenario) if args.scenario is not None else None
+    image = read_image(args.image) if args.image is not None else None
     world = open_world(args)
     if scenario is None:
         if world.scenario is None:
@@ -596,9 +587,8 @@ def run(args: argparse.Namespace, on_frame: FrameCallback | None = None) -> int:
         threading.Thread(target=world.weights_hash, name=THREAD_PREFIX + "weights-hash", daemon=True).start()
 
     controller = KeyboardController(scenario)
-    session = world.session(scenario.start_prompt, seed=args.seed)
-    start = SessionStart(session.seed, session.prompt, session.config)
-    recorder = Recorder(world, start, scenario.source, args.record)
+    session = world.session(scenario.start_prompt, seed=args.seed, start_image=image)
+    recorder = Recorder(world, session, scenario.source, args.record)
     producer = BlockProducer(session, scenario, controller)
     options = Options(
         scale=args.scale or WINDOW_SIZE / max(world.height, world.width),

@@ -26,6 +26,7 @@ from gymnasium import spaces
 from envs.procedural.rewards import RewardFn, resolve_reward
 from worldsim.bundle import load
 from worldsim.device import use_threads
+from worldsim.image import read_image
 from worldsim.scenario import PromptChange, PromptState, Scenario, ScenarioError, load_scenario
 from worldsim.session import Block, Session
 from worldsim.world import World
@@ -99,7 +100,8 @@ class WorldEnv(gymnasium.Env):
 
     A fresh session from the scenario's start prompt, seeded from the environment's
     ``np_random``; ``reset`` generates the first block with the noop, so the first observation
-    is a real frame.
+    is a real frame. ``reset(options={"image": picture})`` (an RGB array or an image file) starts
+    the rollout from that picture (``worldsim.Session``'s ``start_image``).
 
     ## Episode End
 
@@ -195,12 +197,20 @@ class WorldEnv(gymnasium.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a fresh session from the scenario's start prompt and generate its first block."""
         super().reset(seed=seed)
+        options = dict(options or {})
+        image = options.pop("image", None)
         if options:
-            raise ValueError(f"WorldEnv.reset takes no options, got {sorted(options)}")
+            raise ValueError(f"WorldEnv.reset takes the option 'image' only, got {sorted(options)}")
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        elif image is not None and not isinstance(image, np.ndarray):
+            raise ValueError(
+                f"options['image'] must be an RGB array or an image file, not {type(image).__name__}"
+            )
         self.episode += 1
         self.prompts.reset()
         session_seed = int(self.np_random.integers(2**31))
-        self.session = self.world.session(self.prompts.prompt, seed=session_seed)
+        self.session = self.world.session(self.prompts.prompt, seed=session_seed, start_image=image)
         obs, info = self._observe(self.session.step(), self.scenario.noop)
         if self.render_mode == "human":
             self.render()

@@ -34,6 +34,7 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 # The errors bad input raises, by module: a command can only have raised those of modules it imported.
 USER_ERRORS = (
     ("worldsim.device", "DeviceError"),
+    ("worldsim.image", "ImageError"),
     ("worldsim.bundle", "BundleError"),
     ("models.checkpoint", "CheckpointError"),
     ("models.text", "TextEncoderError"),
@@ -98,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--seconds", type=float, help="video length (default: the schedule's, else 10 s)")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--image", type=Path, metavar="FILE", help="start from this picture (PNG, JPEG, ...)"
+    )
     generate.add_argument("--out", required=True, type=Path, help="output video (.mp4 or .gif)")
     generate.set_defaults(run=_generate)
 
@@ -217,6 +221,7 @@ def check_output(path: Path, suffixes: Sequence[str] = VIDEO_SUFFIXES, flag: str
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from worldsim.image import read_image
     from worldsim.schedule import BlockTiming, ScheduleError, load_schedule, schedule_from_prompt
 
     check_device_name(args.device)
@@ -229,6 +234,7 @@ def _generate(args: argparse.Namespace) -> int:
     except ScheduleError as err:  # its message shows the place in the script, on lines of its own
         raise CommandError(f"bad --script:\n{err}") from err
     check_output(args.out)
+    image = read_image(args.image) if args.image is not None else None
 
     from tqdm import tqdm
 
@@ -238,8 +244,9 @@ def _generate(args: argparse.Namespace) -> int:
     world = open_world(args)
     config = world.config
     seconds = args.seconds if args.seconds is not None or not schedule.open_ended else 10.0
-    plan = schedule.plan(BlockTiming(*world.block_video_frames(), config.fps), seconds)
-    session = world.session(schedule.shots[0].prompt, seed=args.seed)
+    timing = BlockTiming(*world.block_video_frames(image=image is not None), config.fps)
+    plan = schedule.plan(timing, seconds)
+    session = world.session(schedule.shots[0].prompt, seed=args.seed, start_image=image)
     with (
         VideoWriter(args.out, fps=config.fps) as writer,
         tqdm(total=plan.blocks, unit="block", desc="generate") as bar,

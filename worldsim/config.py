@@ -36,6 +36,7 @@ class EngineConfig:
     fps: float = 16.0  # video frames per second
     training_horizon_frames: int = 21  # most latent frames the model saw together in training
     lead_in_blocks: int = 0  # blocks generated and kept as context before the first one shown
+    image_still_latents: int = 1  # a start picture is encoded as a still clip of this many latent frames
     kept_frames: int = field(init=False)  # frames the cache holds between blocks
 
     def __post_init__(self) -> None:
@@ -68,6 +69,8 @@ class EngineConfig:
             problems.append("shift and fps must be positive")
         if self.lead_in_blocks < 0:
             problems.append("lead_in_blocks must be 0 or more")
+        if self.image_still_latents < 1:
+            problems.append("image_still_latents must be at least 1")
         if self.guidance_scale < 1:
             problems.append(f"guidance_scale must be 1 (off) or more, not {self.guidance_scale}")
         if problems:

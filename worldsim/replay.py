@@ -22,14 +22,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from worldsim.config import EngineConfig
+from worldsim.image import ImageError, decode_png, encode_png
 
 if TYPE_CHECKING:
-    from worldsim.session import Block, Session
+    from worldsim.session import Block
     from worldsim.world import World
 
 FORMAT = "worldsim-replay"
@@ -82,10 +83,23 @@ class Replay:
         return EngineConfig.from_dict(self.header["engine"])
 
 
+class SessionStart(Protocol):
+    """What a replay's header records of a session as it started (a ``Session`` is one)."""
+
+    seed: int
+    config: EngineConfig
+    start_image: np.ndarray | None
+
+    @property
+    def start_prompt(self) -> str:
+        """The prompt the session started from."""
+        ...
+
+
 class ReplayWriter:
     """Writes a session's header and then one line per block, flushed at once."""
 
-    def __init__(self, path: str | Path, world: World, session: Session, scenario: str = "") -> None:
+    def __init__(self, path: str | Path, world: World, session: SessionStart, scenario: str = "") -> None:
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"cannot record to {self.path}: folder {self.path.parent} does not exist")
@@ -99,8 +113,9 @@ class ReplayWriter:
                 "weights": world.weights_hash(),
                 "scenario": scenario,
                 "seed": session.seed,
-                "start_prompt": session.prompt,
+                "start_prompt": session.start_prompt,
                 "engine": session.config.to_dict(),
+                "start_image": None if session.start_image is None else encode_png(session.start_image),
                 "device": str(world.model.device),
                 "dtype": str(world.model.dtype).removeprefix("torch."),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -189,9 +204,14 @@ def _check_header(path: Path, header: dict[str, Any]) -> None:
         EngineConfig.from_dict(header["engine"])
     except ValueError as err:
         raise ReplayError(f"{path}: the header's 'engine': {err}") from err
-    for key in ("source", "scenario"):
+    for key in ("source", "scenario", "start_image"):
         if header.get(key) is not None and not isinstance(header[key], str):
             raise ReplayError(f"{path}: the header's '{key}' must be a string, not {header[key]!r}")
+    if header.get("start_image") is not None:
+        try:
+            decode_png(header["start_image"])
+        except ImageError as err:
+            raise ReplayError(f"{path}: the header's 'start_image' is {err}") from err
 
 
 def _event(record: Any) -> ReplayEvent:
@@ -235,7 +255,12 @@ def replay_blocks(replay: Replay, world: World, verify: bool = True) -> Iterator
     A block that differs is a ReplayError naming it, the hash recorded and the hash made.
     """
     check_compatible(replay, world)
-    session = world.session(replay.header["start_prompt"], seed=replay.seed)
+    image = replay.header.get("start_image")
+    session = world.session(
+        replay.header["start_prompt"],
+        seed=replay.seed,
+        start_image=None if image is None else decode_png(image),
+    )
     for event in replay.events:
         session.follow(event.prompt, event.cut)
         block = session.step()

@@ -49,6 +49,14 @@ class Components(Protocol):
         """Shape (1, C, frames, h, w) of a latent block."""
         ...
 
+    def fit_image(self, image: np.ndarray) -> np.ndarray:
+        """A picture fitted to the frame size."""
+        ...
+
+    def encode_image(self, image: np.ndarray, still_latents: int = 1) -> Tensor:
+        """The normalised latent frame (1, C, 1, h, w) of a fitted picture."""
+        ...
+
 
 @dataclass(frozen=True)
 class Block:
@@ -75,10 +83,20 @@ class Session:
     With ``lead_in_blocks`` (an engine setting), the first ``step()`` first generates that many
     blocks under the start prompt that it commits to the cache and the decoder's state but does not
     return: a model's first block, made with nothing to attend to, can be its worst.
+
+    With ``start_image``, the rollout starts from a picture instead: fitted to the frame size and
+    encoded by the world's VAE (``image_still_latents``), it becomes latent frame 0, committed to the
+    cache as the global sink (a context pass under the start prompt) and decoded into the decoder's
+    state; the first block continues from it. No lead-in is needed then.
     """
 
     def __init__(
-        self, world: Components, prompt: str, seed: int = 0, config: EngineConfig | None = None
+        self,
+        world: Components,
+        prompt: str,
+        seed: int = 0,
+        config: EngineConfig | None = None,
+        start_image: np.ndarray | None = None,
     ) -> None:
         self.world = world
         self.synchronize_timing = False  # wait for the device at stage ends, so stage times are exact
@@ -91,11 +109,13 @@ class Session:
         self.block_index = 0  # blocks returned so far
         self.latent_frames = 0  # latent frames generated so far, lead-in included
         self.frames_generated = 0  # video frames returned so far
+        self.start_prompt = prompt
         self.prompt = prompt
         self._text: TextContext = world.text_context(prompt)
         self._guided_text: TextContext | None = None  # (prompt, empty prompt), made when guidance needs it
         self._pending_prompt: str | None = None
         self._pending_cut = False
+        self.start_image = None if start_image is None else world.fit_image(start_image)
 
     def set_prompt(self, prompt: str) -> None:
         """Follow `prompt` from the next block on; a change fires a KV Flush before it."""
@@ -124,7 +144,9 @@ class Session:
             expected = self.world.latent_shape(self.config.block_frames)
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {expected}")
         started = self.clock()
-        if self.latent_frames == 0:
+        if self.latent_frames == 0 and self.start_image is not None:
+            self._start_from_image(self.start_image)
+        elif self.latent_frames == 0:
             for _ in range(self.config.lead_in_blocks):
                 lead_in, _ = self._generate(None, changed=False, cut=False)
                 self.world.decoder.decode(lead_in, self.decoder_state)
@@ -204,6 +226,18 @@ class Session:
         )
         self.latent_frames += n
         return x0, window
+
+    def _start_from_image(self, image: np.ndarray) -> None:
+        """Latent frame 0 from a picture: committed as the sink and decoded, but not returned."""
+        model, config = self.world.model, self.config
+        latent = self.world.encode_image(image, config.image_still_latents)  # (1, C, 1, h, w)
+        one_frame = config.replace(block_frames=1)
+        window = open_block(self.cache, one_frame, 0, changed=[False], cut=[False])
+        timestep = torch.full((1,), float(config.context_noise), device=model.device)
+        context = renoise(latent.to(model.device), config.context_noise, self.generator)
+        close_block(model, self.cache, window, context.to(model.dtype), timestep, self._text)
+        self.world.decoder.decode(latent, self.decoder_state)
+        self.latent_frames = 1
 
     def clock(self) -> float:
         """Seconds on a monotonic clock, after the device finishes its work if `synchronize_timing`."""

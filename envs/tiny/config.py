@@ -119,6 +119,9 @@ class TrainConfig:
     lead_in_blocks: int = 2
     """blocks a session of the bundle generates as context before the first it shows (engine setting): a
     first block made with nothing to attend to comes out in the wrong colours"""
+    image_still_latents: int = 3
+    """latent frames a start picture is encoded into as a still clip, the last one kept (engine setting):
+    the data set's codes are those of a stream, not of a video's first frame"""
     checkpoint_every: int = 100
     """steps between checkpoints of each stage"""
 
@@ -154,4 +157,5 @@ def bundle_engine(config: TrainConfig) -> EngineConfig:
         guidance_scale=config.guidance_scale,
         training_horizon_frames=config.window_frames,
         lead_in_blocks=config.lead_in_blocks,
+        image_still_latents=config.image_still_latents,
     )
