@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from controllers import Controller, KeyboardController
-from worldsim.cli import CommandError, check_output, model_options, open_world, run_command
+from worldsim.cli import CommandError, check_output, model_options, open_world, run_command, seed_number
 from worldsim.image import read_image
 from worldsim.replay import ReplayEvent, ReplayWriter, SessionStart, frames_digest
 from worldsim.scenario import PromptState, Scenario, load_scenario
@@ -508,7 +508,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario", type=Path, help="scenario file or built-in name (default: the bundle's)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_number, default=0)
     parser.add_argument("--image", type=Path, metavar="FILE", help="start from this picture (PNG, JPEG, ...)")
     parser.add_argument(
         "--record", type=Path, metavar="FILE.jsonl", help="record a replay from the start (R toggles)"

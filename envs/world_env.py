@@ -20,12 +20,11 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from envs.procedural.rewards import RewardFn, resolve_reward
 from worldsim.bundle import load
-from worldsim.device import use_threads
+from worldsim.device import parse_device, parse_dtype, use_threads
 from worldsim.image import read_image
 from worldsim.scenario import PromptChange, PromptState, Scenario, ScenarioError, load_scenario
 from worldsim.session import Block, Session
@@ -45,14 +44,12 @@ _WORLDS: dict[tuple[str, str, str], World] = {}
 
 def load_world(model: str, device: str = "cpu", dtype: str = "float32") -> World:
     """The world of a bundle name or folder, loaded once per (model, device, dtype) and then shared."""
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r} (for example float32, bfloat16, float16)")
+    torch_device, torch_dtype = parse_device(device), parse_dtype(dtype)
     # A folder is keyed by its absolute path, so relative and absolute spellings share one world.
     where = Path(model).expanduser()
     key = (str(where.resolve()) if where.is_dir() else str(model), str(device), dtype)
     if key not in _WORLDS:
-        _WORLDS[key] = load(model, device=device, dtype=torch_dtype)
+        _WORLDS[key] = load(model, device=torch_device, dtype=torch_dtype)
     return _WORLDS[key]
 
 

@@ -136,3 +136,21 @@ def test_readme_has_one_set_up_command_and_the_test_command_ci_runs() -> None:
     assert len(test) == 1
     ci = (root / ".ci" / "run").read_text().splitlines()
     assert set_up[1] in ci and test[0] in ci
+
+
+def test_seeds_out_of_range_are_argument_errors(capsys) -> None:
+    for seed in ("-1", str(2**63), "seven"):
+        with pytest.raises(SystemExit):
+            main(["generate", "--prompt", "a", "--seed", seed, "--out", "v.mp4"])
+        assert "--seed" in capsys.readouterr().err
+
+
+def test_a_soak_whose_memory_grows_fails_its_verdict() -> None:
+    from worldsim.soak import SoakResult
+
+    flat = SoakResult(
+        "m", "cpu", 200, 1, 1, 1.0, memory_mb=[(1, 500.0), (21, 510.0), (101, 512.0), (200, 515.0)]
+    )
+    assert flat.memory_flat and flat.ok
+    growing = SoakResult("m", "cpu", 200, 1, 1, 1.0, memory_mb=[(1, 500.0), (21, 510.0), (200, 560.0)])
+    assert growing.memory_growth_mb == 50.0 and not growing.memory_flat and not growing.ok

@@ -168,3 +168,16 @@ def test_the_table_names_late_switches_missed_cuts_and_the_quality_gap() -> None
     assert Cut("meadow", "desert", "day", "meadow").describe() == "meadow → desert by day, showed meadow"
     assert "minus: absolute +0.020 ± 0.004, rolling -0.001 ± 0.003" in table
     assert "over 21 chunks of 48 frames" in table
+
+
+def test_the_round_trip_decodes_warm_where_the_model_has_lead_in_blocks() -> None:
+    from tests.conftest import tiny_world
+    from worldsim.config import EngineConfig
+
+    world = tiny_world(EngineConfig(block_frames=1, window_frames=4, lead_in_blocks=2))
+    first, later = world.block_video_frames()
+    assert first == later == 4
+    for warmup in (0, 3):
+        rollout = RoundTripRollout(world, first, later, warmup, False)
+        rollout.start("meadow", "day", "east", seed=0)
+        assert [rollout.step("meadow", "day", "east").shape[0] for _ in range(3)] == [4, 4, 4]

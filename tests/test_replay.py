@@ -11,7 +11,14 @@ import pytest
 from tests.conftest import tiny_world
 from worldsim.cli import main
 from worldsim.config import EngineConfig
-from worldsim.replay import ReplayError, ReplayWriter, check_compatible, read_replay, replay_blocks
+from worldsim.replay import (
+    ReplayError,
+    ReplayWriter,
+    changed_settings,
+    check_compatible,
+    read_replay,
+    replay_blocks,
+)
 from worldsim.scenario import PromptChange, PromptState, ScenarioError, load_scenario, scenario_from_data
 from worldsim.video import read_video
 
@@ -92,16 +99,26 @@ def test_truncated_last_line_is_tolerated_and_other_damage_is_not(tmp_path) -> N
         read_replay(tmp_path / "missing.jsonl")
 
 
-def test_replay_with_other_weights_or_settings_is_refused(tmp_path) -> None:
+def test_replay_with_other_weights_is_refused_and_other_settings_replay_as_recorded(tmp_path) -> None:
     path = tmp_path / "run.jsonl"
-    record(tiny_world(), path, {}, 2)
+    recorded = record(tiny_world(), path, PLAN, 6)
     replay = read_replay(path)
     with pytest.raises(
         ReplayError, match=r"recorded with weights [0-9a-f]{12} \(test-tiny\), this model has"
     ):
         check_compatible(replay, tiny_world(seed=1))
-    with pytest.raises(ReplayError, match="cut_delta recorded 42 vs now 6"):
-        check_compatible(replay, tiny_world(EngineConfig(cut_delta=6)))
+    changed = tiny_world(EngineConfig(cut_delta=6, lead_in_blocks=2))  # the same weights, other settings
+    assert changed_settings(replay, changed) == [
+        "cut_delta 42 (the model's: 6)",
+        "lead_in_blocks 0 (the model's: 2)",
+    ]
+    assert [digest(b.frames) for b in replay_blocks(replay, changed)] == recorded
+    # a file from before lead-in blocks existed leaves the setting out: it replays with none
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["engine"]["lead_in_blocks"]
+    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    assert [digest(b.frames) for b in replay_blocks(read_replay(path), changed)] == recorded
 
 
 def test_replay_command_writes_the_video(tmp_path, tiny_bundle, capsys) -> None:

@@ -485,3 +485,10 @@ def test_load_schedule_accepts_fspath_objects(tmp_path):
             return str(path)
 
     assert load_schedule(Wrapped()) == parse_schedule(REFERENCE)
+
+
+def test_plan_never_loses_a_shot_or_makes_an_empty_video():
+    plan = parse_schedule("A [5s] | B [0.3s]").plan(BlockTiming(1, 12, 16))
+    assert [e.block for e in plan.events] == [0, 8]
+    assert BlockTiming(1, 12, 16).start_frame(8) < plan.frames  # B shows at least one frame
+    assert parse_schedule("A [0.01s]").plan(WAN).frames == 1

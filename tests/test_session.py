@@ -304,3 +304,14 @@ def test_guidance_combines_the_prompt_and_the_empty_prompt() -> None:
 def test_guidance_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="guidance_scale"):
         EngineConfig(guidance_scale=0.5)
+
+
+def test_a_prompt_set_before_the_first_block_is_the_start_prompt_even_with_lead_in() -> None:
+    world = tiny_world(EngineConfig(lead_in_blocks=2))
+    changed = world.session("a meadow", seed=2)
+    changed.set_prompt("a desert")
+    changed.cut("a desert")
+    direct = world.session("a desert", seed=2)
+    a, b = changed.step(), direct.step()
+    assert not a.flushed and not a.cut and a.prompt == "a desert" and changed.start_prompt == "a desert"
+    assert np.array_equal(a.frames, b.frames)

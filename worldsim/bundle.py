@@ -1,6 +1,6 @@
 """Opening world models from files (and making them from random weights): the one place weights load.
 
-``load(name_or_path)`` opens a bundle (a local folder with ``worldsim.json``, DESIGN section 6),
+``load(name_or_path)`` opens a bundle (a local folder with ``worldsim.json``),
 or a diffusers-format Wan2.1-T2V pipeline folder with an optional Self-Forcing-family generator
 checkpoint. ``random_world(preset)`` builds a named architecture with random weights, for tests and
 benchmarks. Both end in ``assemble_world``, which checks that the parts fit and puts them on a

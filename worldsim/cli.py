@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "or a .json/.toml/.txt file holding one",
     )
     generate.add_argument("--seconds", type=float, help="video length (default: the schedule's, else 10 s)")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=seed_number, default=0)
     generate.add_argument(
         "--image", type=Path, metavar="FILE", help="start from this picture (PNG, JPEG, ...)"
     )
@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure frames per second, latency and memory")
     model_options(bench, random=True)
     bench.add_argument("--blocks", type=int, default=8, help="blocks to generate (default: 8)")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=seed_number, default=0)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
 
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     model_options(soak, random=True)
     soak.add_argument("--blocks", type=int, default=3500, help="blocks to generate (default: 3500)")
-    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--seed", type=seed_number, default=0)
     soak.add_argument("--every", type=int, default=100, help="blocks between memory readings (default: 100)")
     soak.add_argument("--json", type=Path, metavar="FILE", help="also write the readings as JSON")
     soak.set_defaults(run=_soak)
@@ -172,6 +172,17 @@ def model_options(parser: argparse.ArgumentParser, random: bool = False) -> None
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     threads_option(parser)
+
+
+def seed_number(text: str) -> int:
+    """A --seed: a whole number from 0 to 2**63 - 1 (what torch's generators take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -263,7 +274,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worldsim.replay import read_replay, replay_blocks
+    from worldsim.replay import changed_settings, read_replay, replay_blocks
     from worldsim.video import VideoWriter
 
     check_device_name(args.device)
@@ -271,7 +282,11 @@ def _replay(args: argparse.Namespace) -> int:
     check_output(args.out)
     if args.model is None:
         args.model = replay.header.get("source") or replay.header["bundle"]
+    if args.threads is None:  # CPU results depend on the thread count, bit for bit
+        args.threads = replay.header.get("threads")
     world = open_world(args)
+    for setting in changed_settings(replay, world):
+        print(f"note: the recording ran with {setting}; replaying with it")
     if replay.truncated:
         print(
             f"note: the last line of {args.replay_file} was cut short; replaying {len(replay.events)} blocks"

@@ -1,4 +1,4 @@
-"""Replays: a played session as JSON Lines, regenerated frame for frame (DESIGN section 6).
+"""Replays: a played session as JSON Lines, regenerated frame for frame.
 
 The first line is a header: format and version, the bundle's name and weights hash, the scenario,
 the seed, the engine settings and the start prompt. Then one line per generated block, with a hash
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FORMAT = "worldsim-replay"
 VERSION = 2  # 2: each block's frame hash
 READABLE_VERSIONS = (1, 2)
+MAX_SEED = 2**63  # seeds are torch generator seeds
 
 
 class ReplayError(ValueError):
@@ -100,6 +101,8 @@ class ReplayWriter:
     """Writes a session's header and then one line per block, flushed at once."""
 
     def __init__(self, path: str | Path, world: World, session: SessionStart, scenario: str = "") -> None:
+        import torch
+
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"cannot record to {self.path}: folder {self.path.parent} does not exist")
@@ -117,6 +120,8 @@ class ReplayWriter:
                 "engine": session.config.to_dict(),
                 "start_image": None if session.start_image is None else encode_png(session.start_image),
                 "device": str(world.model.device),
+                "threads": torch.get_num_threads(),  # CPU results depend on it, bit for bit
+                "torch": torch.__version__,
                 "dtype": str(world.model.dtype).removeprefix("torch."),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
@@ -198,8 +203,13 @@ def _check_header(path: Path, header: dict[str, Any]) -> None:
             what = "an object" if kind is dict else "a string"
             raise ReplayError(f"{path}: the header's '{key}' must be {what}, not {header[key]!r}")
     seed = header["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ReplayError(f"{path}: the header's 'seed' must be a whole number, not {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ReplayError(
+            f"{path}: the header's 'seed' must be a whole number from 0 to 2**63 - 1, not {seed!r}"
+        )
+    threads = header.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ReplayError(f"{path}: the header's 'threads' must be a positive whole number, not {threads!r}")
     try:
         EngineConfig.from_dict(header["engine"])
     except ValueError as err:
@@ -230,27 +240,28 @@ def _event(record: Any) -> ReplayEvent:
 
 
 def check_compatible(replay: Replay, world: World, source: str = "replay") -> None:
-    """Refuse a replay recorded with other weights or other engine settings, saying which."""
-    problems = []
+    """Refuse a replay recorded with other weights, saying which."""
     if replay.header["weights"] != world.weights_hash():
-        problems.append(
-            f"it was recorded with weights {replay.header['weights'][:12]} ({replay.header['bundle']}), "
-            f"this model has {world.weights_hash()[:12]} ({world.name})"
+        raise ReplayError(
+            f"cannot replay {source}: it was recorded with weights {replay.header['weights'][:12]} "
+            f"({replay.header['bundle']}), this model has {world.weights_hash()[:12]} ({world.name})"
         )
+
+
+def changed_settings(replay: Replay, world: World) -> list[str]:
+    """The engine settings the recording ran with that differ from the model's own (it replays with them)."""
     recorded = replay.engine.to_dict()  # settings the file leaves out take their defaults
     current = world.config.to_dict()
-    changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-    if changed:
-        problems.append(
-            "engine settings differ: "
-            + ", ".join(f"{k} recorded {recorded.get(k)!r} vs now {current.get(k)!r}" for k in changed)
-        )
-    if problems:
-        raise ReplayError(f"cannot replay {source}: " + "; ".join(problems))
+    return [
+        f"{k} {recorded[k]!r} (the model's: {current[k]!r})"
+        for k in sorted(recorded)
+        if recorded[k] != current[k]
+    ]
 
 
 def replay_blocks(replay: Replay, world: World, verify: bool = True) -> Iterator[Block]:
-    """Regenerate the recorded blocks in order; with `verify`, each is checked against its recorded hash.
+    """Regenerate the recorded blocks in order, with the recorded engine settings; with `verify`, each
+    block is checked against its recorded hash.
 
     A block that differs is a ReplayError naming it, the hash recorded and the hash made.
     """
@@ -259,6 +270,7 @@ def replay_blocks(replay: Replay, world: World, verify: bool = True) -> Iterator
     session = world.session(
         replay.header["start_prompt"],
         seed=replay.seed,
+        config=replay.engine,  # the settings it was recorded with
         start_image=None if image is None else decode_png(image),
     )
     for event in replay.events:
@@ -267,8 +279,15 @@ def replay_blocks(replay: Replay, world: World, verify: bool = True) -> Iterator
         if verify and event.frames is not None:
             made = frames_digest(block.frames)
             if made != event.frames:
-                where = f"{replay.header.get('device', '?')} {replay.header.get('dtype', '?')}"
-                here = f"{world.model.device} {str(world.model.dtype).removeprefix('torch.')}"
+                import torch
+
+                header = replay.header
+                threads = header.get("threads", "?")
+                where = f"{header.get('device', '?')} {header.get('dtype', '?')}, {threads} threads"
+                here = (
+                    f"{world.model.device} {str(world.model.dtype).removeprefix('torch.')}, "
+                    f"{torch.get_num_threads()} threads"
+                )
                 raise ReplayMismatch(
                     f"block {event.block} differs from the recording: expected frames {event.frames}, "
                     f"got {made} (recorded on {where}, replayed on {here}; --no-verify regenerates anyway)"

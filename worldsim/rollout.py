@@ -1,6 +1,6 @@
 """One block of the infinity-RoPE rollout for a batch of rollouts: the steps inference and training share.
 
-``Session.step`` (inference) and the tiny model's training rollout (``envs.tiny.objective``) both
+``Session.step`` (inference) and the tiny model's training rollout (``envs.tiny.losses``) both
 go through these two functions, so what is trained is exactly what runs (a test proves them
 bit-identical):
 

@@ -64,7 +64,7 @@ def sample_block(
     raise ValueError("the schedule has no steps")
 
 
-def renoise(x0: Tensor, timestep: int, generator: torch.Generator) -> Tensor:
+def renoise(x0: Tensor, timestep: int, generator: torch.Generator | None) -> Tensor:
     """x0 noised to sigma = timestep / 1000, the level the model is told (0 returns x0 unchanged)."""
     if timestep == 0:
         return x0

@@ -1,4 +1,4 @@
-"""Scenarios: the actions of a world as data (DESIGN section 6).
+"""Scenarios: the actions of a world as data.
 
 A scenario names the actions a player or an agent can take. Keyboard play, the Gymnasium
 environment's action space and replays all read the same file. A prompt is a template whose

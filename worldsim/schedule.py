@@ -293,7 +293,8 @@ class Schedule:
                 block += shot.blocks
                 end_frame = timing.start_frame(block)
                 seconds = end_frame / timing.fps
-        frames = limit if limit is not None else end_frame
+        # every shot that starts shows at least one frame, and a video has at least one
+        frames = limit if limit is not None else max(end_frame, timing.start_frame(events[-1].block) + 1)
         return Plan(tuple(events), frames, timing.blocks_for(frames))
 
 

@@ -144,6 +144,11 @@ class Session:
             expected = self.world.latent_shape(self.config.block_frames)
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {expected}")
         started = self.clock()
+        if self.latent_frames == 0 and self._pending_prompt is not None:
+            # before the first block a new prompt is simply the start prompt: nothing to flush or cut yet
+            self.prompt = self.start_prompt = self._pending_prompt
+            self._text = self.world.text_context(self.prompt)
+            self._pending_prompt, self._pending_cut = None, False
         if self.latent_frames == 0 and self.start_image is not None:
             self._start_from_image(self.start_image)
         elif self.latent_frames == 0:

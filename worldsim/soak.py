@@ -26,6 +26,7 @@ from worldsim.world import World
 P_CUT = 0.05  # chance of a cut before a block
 P_PROMPT = 0.2  # chance of a prompt change before a block that does not cut
 WARM_BLOCKS = 20  # memory is compared from the reading after this many blocks, once everything is allocated
+GROWTH_LIMIT_MB = 16.0  # memory growth allowed after the warm-up (allocator noise), or 5 % if more
 
 
 @dataclass
@@ -52,13 +53,21 @@ class SoakResult:
         return steady[-1] - steady[0] if steady else 0.0
 
     @property
+    def memory_flat(self) -> bool:
+        """Memory grew by no more than GROWTH_LIMIT_MB (or 5 %) after the warm-up."""
+        first = next((mb for block, mb in self.memory_mb if block >= WARM_BLOCKS), None)
+        limit = max(GROWTH_LIMIT_MB, 0.05 * (first or 0.0))
+        return self.memory_growth_mb <= limit
+
+    @property
     def ok(self) -> bool:
-        """No failure, every position in the window."""
-        return not self.failure and not self.positions_out_of_window
+        """No failure, every position in the window, memory flat."""
+        return not self.failure and not self.positions_out_of_window and self.memory_flat
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
-        return {**asdict(self), "memory_growth_mb": self.memory_growth_mb, "ok": self.ok}
+        flat = self.memory_flat
+        return {**asdict(self), "memory_growth_mb": self.memory_growth_mb, "memory_flat": flat, "ok": self.ok}
 
 
 def run_soak(world: World, blocks: int = 3500, seed: int = 0, every: int = 100) -> SoakResult:
@@ -123,8 +132,8 @@ def format_soak(result: SoakResult) -> str:
         + (", ".join(f"block {b}" for b in result.positions_out_of_window[:10]) or "none"),
         "memory (MiB) by blocks generated: "
         + ", ".join(f"{block}: {mb:.0f}" for block, mb in result.memory_mb),
-        f"memory growth after {WARM_BLOCKS} blocks: {result.memory_growth_mb:+.1f} MiB; "
-        f"KV cache {result.cache_mb:.1f} MiB",
+        f"memory growth after {WARM_BLOCKS} blocks: {result.memory_growth_mb:+.1f} MiB "
+        f"({'flat' if result.memory_flat else 'GROWING'}); KV cache {result.cache_mb:.1f} MiB",
         "verdict: " + ("ok" if result.ok else "FAILED"),
     ]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import platform
 from dataclasses import asdict
 
 from envs.tiny.config import TrainConfig, field_help
-from worldsim.cli import CommandError, model_options
+from worldsim.cli import CommandError, model_options, seed_number
 
 EVAL_FRAMES = 10_000  # the long-horizon walk of a full eval
 QUICK_FRAMES = 1_000  # ... and of a quick one
@@ -49,10 +49,14 @@ def parse_bool(text: str) -> bool:
 
 def _train(args: argparse.Namespace) -> int:
     from envs.tiny.train import train
+    from worldsim.device import check_device_name
 
     config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig().to_dict()})
     if config.threads < 0:
         raise CommandError("--threads must be 0 (torch's default: every core) or more")
+    if config.seed < 0:
+        raise CommandError("--seed must be 0 or more")
+    check_device_name(config.device)
     train(config)
     return 0
 
@@ -66,7 +70,7 @@ def register_eval(commands: argparse._SubParsersAction) -> None:
         type=int,
         help=f"long-horizon walk length (default: {EVAL_FRAMES}, with --quick {QUICK_FRAMES})",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_number, default=0)
     parser.add_argument(
         "--quick", action="store_true", help="fewer episodes and a shorter walk, for a first look"
     )

@@ -33,7 +33,8 @@ class TrainConfig:
     device: str = "cpu"
     """cpu or cuda"""
     threads: int = 0
-    """torch CPU threads; 0 keeps torch's default"""
+    """torch CPU threads; 0 keeps torch's default, every core (training is a long job for a machine of its
+    own, unlike the interactive commands, which take one thread per two cores)"""
     clip_blocks: int = 4
     """blocks per training clip (12 latent frames, 45 video frames)"""
     p_action_change: float = 0.45

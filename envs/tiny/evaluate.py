@@ -182,11 +182,12 @@ class RoundTripRollout(Rollout):
     rollout here first encodes that many latent frames of a walk under the first command, and drops
     them; then each block is encoded behind them (the causal encoder keeps its cache) and decoded by
     the bundle's streaming decoder from a fresh cache, as a model rollout is. The first block then
-    holds one latent frame made of four video frames and decodes to one frame, like the model's.
-    With ``settled_switches`` (a data set coded so), a block under a new command (a prompt switch or a
-    cut) is encoded from a fresh encoder cache behind a warm-up walk under that command which arrives
-    where the block begins (``ProceduralWorld.history``), as the data set codes it; the decoder keeps
-    its cache throughout.
+    holds one latent frame made of four video frames and decodes to one frame, like the model's;
+    where the model's first block is a full one (lead-in blocks), the decoder first decodes the last
+    warm-up latent frame, as a session decodes its lead-in. With ``settled_switches`` (a data set
+    coded so), a block under a new command (a prompt switch or a cut) is encoded from a fresh encoder
+    cache behind a warm-up walk under that command which arrives where the block begins
+    (``ProceduralWorld.history``), as the data set codes it; the decoder keeps its cache throughout.
     """
 
     def __init__(
@@ -198,6 +199,7 @@ class RoundTripRollout(Rollout):
         settled_switches: bool = TrainConfig.dataset_settled_switches,
     ) -> None:
         self.truth = TruthRollout(first_block_frames, block_frames)
+        self.warm_decoder = first_block_frames == block_frames  # the model's first block is a full one
         self.warmup = warmup_latents
         self.settled = settled_switches and warmup_latents > 0
         self.decoder = world.decoder
@@ -209,10 +211,12 @@ class RoundTripRollout(Rollout):
         self.truth.start(biome, condition, action, seed)
         self.encoded, self.decoded = self.encoder.new_state(), self.decoder.new_state()
         self.last = (biome, condition, action)
-        if self.warmup:
+        if self.warmup or self.warm_decoder:
             world = self.truth.world
-            frames = [world.render()] + [world.step(action) for _ in range(4 * (self.warmup - 1))]
-            self._encode(np.stack(frames))
+            frames = [world.render()] + [world.step(action) for _ in range(4 * (max(self.warmup, 1) - 1))]
+            latents = self._encode(np.stack(frames))
+            if self.warm_decoder:
+                self.decoder.decode(latents[:, :, -1:], self.decoded)
             self.truth.blocks = 1  # every block from here on, the first too, plays 4 frames a latent frame
 
     def _encode(self, frames: np.ndarray) -> torch.Tensor:

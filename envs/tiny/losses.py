@@ -22,7 +22,7 @@ from models.causal_wan import CausalWanTransformer, TextContext
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
 from worldsim.rollout import BlockWindow, close_block, open_block
-from worldsim.sampler import shift_sigma
+from worldsim.sampler import renoise, shift_sigma
 
 # ---------------------------------------------------------------------------------------------
 # Pixels: the VAE and its decoder
@@ -161,12 +161,14 @@ def training_rollout(
     engine: EngineConfig,
     noise: NoiseFn,
     context: ContextFn | None = None,
+    context_generator: torch.Generator | None = None,
 ) -> Iterator[RolledBlock]:
     """A batch of clips rolled out block by block as a session would roll them out.
 
     Each block is opened (flush, cut, positions: ``worldsim.rollout.open_block``), noised by `noise`,
     scored by the model against the window, and closed with the context `context` gives (default: the
-    clean block) at timestep 0, exactly as ``Session.step`` closes a block.
+    clean block) noised to ``engine.context_noise`` (drawn from `context_generator`) at that timestep,
+    exactly as ``Session.step`` closes a block.
     """
     batch, _, frames, _, _ = clips.latents.shape
     n = engine.block_frames
@@ -183,7 +185,8 @@ def training_rollout(
         noisy = (1 - s) * clean + s * eps
         flow, _ = window.predict(model, noisy, 1000 * sigma, text)
         kept = clean if context is None else context(clean, text, window)
-        close_block(model, cache, window, kept, zero, text)
+        kept = renoise(kept, engine.context_noise, context_generator)
+        close_block(model, cache, window, kept, zero + engine.context_noise, text)
         yield RolledBlock(clean, sigma, eps, noisy, flow, window, cache)
 
 
@@ -229,7 +232,7 @@ def rollout_loss(
 
     losses = [  # per block, (B,)
         (block.flow.float() - (block.eps - block.clean)).square().mean(dim=(1, 2, 3, 4))
-        for block in training_rollout(model, clips, engine, noise, context)
+        for block in training_rollout(model, clips, engine, noise, context, generator)
     ]
     per_block = torch.stack(losses, dim=1)  # (B, blocks)
     if weights is None:

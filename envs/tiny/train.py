@@ -49,6 +49,7 @@ from models.streaming_vae import from_uint8_frames, use_frame_convolutions
 from models.text import MiniLMTextEncoder, Whitening
 from worldsim.bundle import load_vae_folder, save_bundle
 from worldsim.config import PRESETS, EngineConfig
+from worldsim.device import use_threads
 from worldsim.sampler import FlowMatchSchedule
 
 VAE_WARMUP_STEPS = 50  # learning-rate warm-up of the VAE and decoder stages
@@ -56,8 +57,8 @@ VAE_WARMUP_STEPS = 50  # learning-rate warm-up of the VAE and decoder stages
 
 def train(config: TrainConfig) -> Path:
     """Run (or resume) every stage and write the bundle; returns the bundle folder."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if config.threads:  # 0: every core, for a long job on a machine of its own
+        use_threads(config.threads)
     run = Path(config.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
