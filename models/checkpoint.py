@@ -43,6 +43,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -55,11 +56,15 @@ from models.precision import FP32_MODULES, cast_module
 
 __all__ = [
     "CheckpointError",
+    "GeneratorFile",
     "convert_original_state_dict",
+    "describe_transformer",
     "load_diffusers_transformer",
     "load_generator_checkpoint",
+    "load_tensor_file",
     "original_to_diffusers_name",
-    "read_state_dict",
+    "read_folder_weights",
+    "read_generator",
     "require_finite",
     "strip_wrapper_prefixes",
 ]
@@ -308,8 +313,11 @@ def _refusal_detail(exc: BaseException) -> str:
     return match.group(1).strip().split(". ")[0].rstrip(".")
 
 
-def _load_file(path: Path) -> Any:
-    """Deserialize one checkpoint file safely; CheckpointError naming the file on any failure."""
+def load_tensor_file(path: Path, mmap: bool = False) -> Any:
+    """Deserialize one checkpoint file safely (pickles with weights_only=True); CheckpointError naming it.
+
+    With `mmap`, a pickle's tensors are mapped from the file rather than read (for looking at shapes).
+    """
     suffix = path.suffix.lower()
     if suffix == _SAFETENSORS_SUFFIX:
         try:
@@ -318,7 +326,12 @@ def _load_file(path: Path) -> Any:
             raise CheckpointError(f"cannot read {path} as safetensors: {_first_line(exc)}") from exc
     if suffix in _PICKLE_SUFFIXES:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as exc:
+                if not mmap or "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # an old, unmappable format
         except Exception as exc:
             if "Weights only load failed" in str(exc):
                 raise CheckpointError(
@@ -352,8 +365,25 @@ def _require_tensor_dict(obj: object, where: str) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def read_state_dict(path: PathLike, *, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
-    """The generator state dict of a ``.pt``/``.pth``/``.bin`` or ``.safetensors`` checkpoint, on CPU."""
+GENERATOR_ENTRIES = ("generator_ema", "generator")  # in the order taken when no entry is asked for
+
+
+@dataclass(frozen=True)
+class GeneratorFile:
+    """The generator weights read from a checkpoint file, and which entry of the file they are."""
+
+    state: dict[str, Tensor]
+    entry: str | None  # "generator" or "generator_ema"; None for a file that is the state dict itself
+    entries: tuple[str, ...]  # the generator entries the file holds
+
+
+def read_generator(path: PathLike, entry: str | None = None) -> GeneratorFile:
+    """The generator state dict of a ``.pt``/``.pth``/``.bin`` or ``.safetensors`` checkpoint, on CPU.
+
+    Self-Forcing-family training checkpoints hold ``generator`` and ``generator_ema`` (and more);
+    `entry` chooses one, else ``generator_ema`` where both are there. Other files are the flat state
+    dict itself.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no such checkpoint file: {path}")
@@ -362,15 +392,38 @@ def read_state_dict(path: PathLike, *, prefer_ema: bool = True) -> dict[str, tor
             f"{path} is a directory, not a checkpoint file; pass a diffusers folder to "
             "load_diffusers_transformer (or WanTransformer3DModel.from_pretrained) instead"
         )
-    obj = _load_file(path)
+    obj = load_tensor_file(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
-    # Self-Forcing training checkpoints: pick one generator; prefer_ema decides when both are there.
-    order = ("generator_ema", "generator") if prefer_ema else ("generator", "generator_ema")
-    for entry in order:
-        if entry in obj:
-            return _require_tensor_dict(obj[entry], f"entry {entry!r} of {path}")
-    return _require_tensor_dict(obj, str(path))
+    entries = tuple(e for e in GENERATOR_ENTRIES if e in obj)
+    if entry is not None and entry not in GENERATOR_ENTRIES:
+        raise CheckpointError(f"unknown checkpoint entry {entry!r} (known: {', '.join(GENERATOR_ENTRIES)})")
+    if entry is not None and entry not in obj:
+        holds = ", ".join(entries) or "no generator entry: it is a flat state dict"
+        raise CheckpointError(f"{path} has no entry {entry!r} ({holds})")
+    if any(key.endswith("_lora") for key in obj) or any(".lora_A." in str(key) for key in obj):
+        raise CheckpointError(f"{path} is a LoRA adapter, not generator weights: pass it with --lora")
+    chosen = entry or (entries[0] if entries else None)
+    if chosen is None:
+        return GeneratorFile(_require_tensor_dict(obj, str(path)), None, ())
+    return GeneratorFile(_require_tensor_dict(obj[chosen], f"entry {chosen!r} of {path}"), chosen, entries)
+
+
+def describe_transformer(state: Mapping[str, Any]) -> str:
+    """The size of a Wan transformer (a state dict, or names and shapes; either naming), e.g. 'dim 1536,
+    30 layers (Wan2.1 1.3B)'."""
+    blocks = {m.group(1) for key in state if (m := re.match(r"(?:.*\.)?blocks\.(\d+)\.", key))}
+    dims = [getattr(t, "shape", t)[0] for key, t in state.items() if key.endswith("patch_embedding.weight")]
+    if not dims:
+        return f"{len(blocks)} layers"
+    known = {(1536, 30): " (Wan2.1 1.3B)", (5120, 40): " (Wan2.1 14B)"}
+    return f"dim {dims[0]}, {len(blocks)} layers{known.get((int(dims[0]), len(blocks)), '')}"
+
+
+def _image_keys(state: Mapping[str, Tensor]) -> list[str]:
+    """Keys only an image-to-video Wan has (its image embedder and image cross-attention)."""
+    marks = ("img_emb", ".k_img.", ".v_img.", "add_k_proj", "image_embedder")
+    return [key for key in state if any(mark in key for mark in marks)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,15 +432,27 @@ def read_state_dict(path: PathLike, *, prefer_ema: bool = True) -> dict[str, tor
 
 
 def load_generator_checkpoint(
-    transformer: WanTransformer3DModel, path: PathLike, *, prefer_ema: bool = True
-) -> WanTransformer3DModel:
-    """Load a generator checkpoint (original or diffusers naming) into ``transformer`` in place."""
+    transformer: WanTransformer3DModel, path: PathLike, *, entry: str | None = None
+) -> str | None:
+    """Load a generator checkpoint (original or diffusers naming) into ``transformer`` in place.
+
+    Returns the entry read (``generator``, ``generator_ema``, or None for a flat file).
+    """
     module = cast(torch.nn.Module, transformer)  # diffusers' lazy imports hide its base class from mypy
-    state_dict = read_state_dict(path, prefer_ema=prefer_ema)
-    require_finite(state_dict, str(path))
+    read = read_generator(path, entry)
+    require_finite(read.state, str(path))
     reference = _reference_shapes(module)
     try:
-        state_dict = strip_wrapper_prefixes(state_dict)
+        state_dict = strip_wrapper_prefixes(read.state)
+        if _image_keys(state_dict):
+            raise CheckpointError(
+                "an image-to-video model (it has image keys such as "
+                f"{_image_keys(state_dict)[0]!r}); worldsim runs text-to-video Wan2.1 models"
+            )
+        width = [t.shape for k, t in state_dict.items() if k.endswith("patch_embedding.weight")]
+        if width and width[0] != reference["patch_embedding.weight"]:  # another model size altogether
+            ours, theirs = describe_transformer(reference), describe_transformer(state_dict)
+            raise CheckpointError(f"a model of {theirs}, but the transformer it goes into has {ours}")
         if _detect_naming(state_dict, reference) == "diffusers":
             converted = _checked({name: (name, tensor) for name, tensor in state_dict.items()}, [], reference)
         else:
@@ -396,7 +461,7 @@ def load_generator_checkpoint(
         raise CheckpointError(f"{path}: {exc}") from exc
     # Copies into the existing parameters, so each keeps its dtype and device.
     module.load_state_dict(converted, strict=True)
-    return transformer
+    return read.entry
 
 
 _CONFIG_NAME = "config.json"
@@ -441,7 +506,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _read_folder_weights(folder: Path) -> dict[str, Tensor]:
+def read_folder_weights(folder: Path) -> dict[str, Tensor]:
     """All tensors of a diffusers model folder: single file, sharded safetensors, or pickle."""
     single, index, pickled = (
         folder / _WEIGHTS_NAME,
@@ -449,7 +514,7 @@ def _read_folder_weights(folder: Path) -> dict[str, Tensor]:
         folder / _PICKLE_WEIGHTS_NAME,
     )
     if single.is_file():
-        return _require_tensor_dict(_load_file(single), str(single))
+        return _require_tensor_dict(load_tensor_file(single), str(single))
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -461,14 +526,14 @@ def _read_folder_weights(folder: Path) -> dict[str, Tensor]:
             shard = folder / shard_name
             if not shard.is_file():
                 raise CheckpointError(f"{index} lists shard {shard_name!r}, which is not in {folder}")
-            part = _require_tensor_dict(_load_file(shard), str(shard))
+            part = _require_tensor_dict(load_tensor_file(shard), str(shard))
             repeated = sorted(part.keys() & tensors.keys())
             if repeated:
                 raise CheckpointError(f"{shard} repeats keys of an earlier shard: {_listing(repeated)}")
             tensors.update(part)
         return tensors
     if pickled.is_file():
-        return _require_tensor_dict(_load_file(pickled), str(pickled))
+        return _require_tensor_dict(load_tensor_file(pickled), str(pickled))
     raise CheckpointError(
         f"{folder} has no weights: looked for "
         f"{_WEIGHTS_NAME}, {_WEIGHTS_INDEX_NAME} and {_PICKLE_WEIGHTS_NAME}"
@@ -485,7 +550,7 @@ def load_diffusers_transformer(
         raise TypeError(f"torch_dtype must be a floating torch.dtype or None, got {torch_dtype!r}")
     folder = _transformer_folder(Path(folder))
     config = _read_config(folder)
-    weights = _read_folder_weights(folder)
+    weights = read_folder_weights(folder)
     require_finite(weights, f"weights in {folder}")
     try:
         # Built from its config and filled with load_state_dict rather than through from_pretrained, which

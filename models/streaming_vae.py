@@ -181,6 +181,10 @@ class StreamingDecoder(_Streaming):
         """A fresh cache for a new video."""
         return DecoderState(feature_cache=[None] * self._num_convs)
 
+    def hashed_modules(self) -> list[tuple[str, nn.Module]]:
+        """The modules whose weights make the frames (for a world's weights hash)."""
+        return [("vae.", self.vae)]
+
     def video_frames(self, latent_frames: int, first: bool) -> int:
         """Video frames that `latent_frames` latent frames decode to (the very first one gives 1)."""
         return (

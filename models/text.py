@@ -15,6 +15,7 @@ Every encoder is wrapped in ``CachedTextEncoder`` by the engine, so a prompt is 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,34 +48,89 @@ def padded_states(tokenizer: Any, model: Any, prompt: str, max_length: int) -> T
     return (states * mask.unsqueeze(-1)).float()  # (1, max_length, dim)
 
 
+def clean_prompt(prompt: str) -> str:
+    """Wan's prompt cleaning (``clean='whitespace'``): mojibake fixed, HTML unescaped, spaces collapsed."""
+    import html
+
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(prompt))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+TEXT_OFFLOAD = ("off", "swap", "cpu")
+
+
 class UMT5TextEncoder:
-    """Wan's UMT5 encoder and tokenizer, loaded from a local folder (offline)."""
+    """Wan's UMT5 encoder and its tokenizer (offline), prompts cleaned as Wan cleans them.
+
+    `offload` keeps a big encoder (UMT5-XXL: 11 GB in bfloat16) off an accelerator between prompts:
+    ``"off"`` keeps it on `device`; ``"swap"`` keeps it on the CPU and brings it to `device` for each
+    new prompt; ``"cpu"`` encodes on the CPU and moves only the states. Encoded prompts are cached
+    by the engine, so a prompt is encoded once whatever the policy.
+    """
 
     def __init__(
         self,
+        model: Any,
+        tokenizer: Any,
+        max_length: int = 512,
+        device: str | torch.device = "cpu",
+        offload: str = "off",
+    ) -> None:
+        if offload not in TEXT_OFFLOAD:
+            raise ValueError(f"unknown text offload {offload!r} (known: {', '.join(TEXT_OFFLOAD)})")
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.offload = offload
+        home = self.device if offload == "off" else torch.device("cpu")
+        self.model = model.to(home).eval().requires_grad_(False)
+        self.max_length = max_length
+        self.dim = int(model.config.d_model)
+
+    @staticmethod
+    def from_folder(
         folder: str | Path,
         tokenizer_folder: str | Path | None = None,
         max_length: int = 512,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> None:
-        from transformers import AutoTokenizer, UMT5EncoderModel
+        offload: str = "off",
+    ) -> UMT5TextEncoder:
+        """From a transformers folder (a diffusers pipeline's ``text_encoder``) and a tokenizer folder."""
+        from transformers import UMT5EncoderModel
 
         folder = Path(folder)
         tokenizer_folder = Path(tokenizer_folder) if tokenizer_folder is not None else folder
-        for path in (folder, tokenizer_folder):
-            if not path.is_dir():
-                raise FileNotFoundError(f"text encoder folder not found: {path}")
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
-        self.model = UMT5EncoderModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
-        require_finite(self.model.state_dict(), f"the UMT5 text encoder in {folder}")
-        self.model.to(device).eval().requires_grad_(False)
-        self.max_length = max_length
-        self.dim = self.model.config.d_model
+        if not folder.is_dir():
+            raise FileNotFoundError(f"text encoder folder not found: {folder}")
+        model = UMT5EncoderModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        require_finite(model.state_dict(), f"the UMT5 text encoder in {folder}")
+        return UMT5TextEncoder(model, load_tokenizer(tokenizer_folder), max_length, device, offload)
 
     def encode(self, prompt: str) -> Tensor:
-        """UMT5 states padded to max_length with zeros after the real tokens."""
-        return padded_states(self.tokenizer, self.model, prompt, self.max_length)
+        """UMT5 states of the cleaned prompt, padded to max_length with zeros after the real tokens."""
+        prompt = clean_prompt(prompt)
+        if self.offload == "swap":
+            self.model.to(self.device)
+            try:
+                states = padded_states(self.tokenizer, self.model, prompt, self.max_length)
+            finally:
+                self.model.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            return states
+        return padded_states(self.tokenizer, self.model, prompt, self.max_length).to(self.device)
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    """A tokenizer from a local folder (tokenizer.json or spiece.model); FileNotFoundError if absent."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"tokenizer folder not found: {folder}")
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 class MiniLMTextEncoder:
@@ -239,6 +295,7 @@ def text_encoder_from_spec(
     folder: Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    offload: str = "off",
 ) -> TextEncoder:
     """The text encoder a bundle's ``text_encoder`` entry describes; paths in it are relative to `folder`.
 
@@ -266,8 +323,8 @@ def text_encoder_from_spec(
         path = folder / spec.get("path", "text_encoder")
         tokenizer = folder / spec.get("tokenizer", spec.get("path", "tokenizer"))
         try:
-            return UMT5TextEncoder(
-                path, tokenizer, max_length=spec.get("max_length", 512), device=device, dtype=dtype
+            return UMT5TextEncoder.from_folder(
+                path, tokenizer, spec.get("max_length", 512), device=device, dtype=dtype, offload=offload
             )
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             raise TextEncoderError(

@@ -224,7 +224,7 @@ def test_generator_checkpoint_named_in_the_bundle(copy: Path) -> None:
 
 
 def test_umt5_states_shape_and_zero_padding(umt5: tuple[Path, Path]) -> None:
-    encoder = UMT5TextEncoder(*umt5, max_length=8)
+    encoder = UMT5TextEncoder.from_folder(*umt5, max_length=8)
     assert encoder.dim == TINY_TRANSFORMER["text_dim"]
     states = encoder.encode(PROMPT)
     assert states.shape == (1, 8, TINY_TRANSFORMER["text_dim"])
@@ -248,21 +248,21 @@ def test_umt5_states_shape_and_zero_padding(umt5: tuple[Path, Path]) -> None:
 
 
 def test_umt5_is_deterministic_and_prompt_dependent(umt5: tuple[Path, Path]) -> None:
-    encoder = UMT5TextEncoder(*umt5, max_length=8)
+    encoder = UMT5TextEncoder.from_folder(*umt5, max_length=8)
     first = encoder.encode(PROMPT)
     assert torch.equal(encoder.encode(PROMPT), first)
-    assert torch.equal(UMT5TextEncoder(*umt5, max_length=8).encode(PROMPT), first)
+    assert torch.equal(UMT5TextEncoder.from_folder(*umt5, max_length=8).encode(PROMPT), first)
     assert not torch.equal(encoder.encode("a snowy mountain"), first)
 
 
 def test_umt5_respects_max_length(umt5: tuple[Path, Path]) -> None:
     long_prompt = " ".join(SENTENCES)
-    encoder = UMT5TextEncoder(*umt5, max_length=4)
+    encoder = UMT5TextEncoder.from_folder(*umt5, max_length=4)
     states = encoder.encode(long_prompt)
     assert states.shape == (1, 4, TINY_TRANSFORMER["text_dim"])
     assert torch.all(states[0].abs().sum(-1) > 0)  # every position is a real token
-    assert UMT5TextEncoder(*umt5, max_length=12).encode(long_prompt).shape == (1, 12, 16)
-    assert UMT5TextEncoder(*umt5, max_length=6).encode("waves").shape == (1, 6, 16)
+    assert UMT5TextEncoder.from_folder(*umt5, max_length=12).encode(long_prompt).shape == (1, 12, 16)
+    assert UMT5TextEncoder.from_folder(*umt5, max_length=6).encode("waves").shape == (1, 6, 16)
 
 
 def write_pipeline(folder: Path, umt5: tuple[Path, Path] | None) -> Path:
@@ -318,7 +318,8 @@ def test_bundle_with_umt5_text_encoder_steps(umt5: tuple[Path, Path], tmp_path: 
 
     reference = assemble_world(
         Parts(
-            "reference", tiny_transformer(SEED), tiny_vae(SEED), UMT5TextEncoder(*umt5, max_length=8),
+            "reference", tiny_transformer(SEED), tiny_vae(SEED),
+            UMT5TextEncoder.from_folder(*umt5, max_length=8),
             EngineConfig(), HEIGHT, WIDTH, LATENTS_MEAN, LATENTS_STD,
         )
     )  # fmt: skip

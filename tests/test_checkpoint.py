@@ -18,7 +18,7 @@ from models.checkpoint import (
     load_diffusers_transformer,
     load_generator_checkpoint,
     original_to_diffusers_name,
-    read_state_dict,
+    read_generator,
     strip_wrapper_prefixes,
 )
 from tests.conftest import TINY_TRANSFORMER
@@ -214,7 +214,7 @@ def test_roundtrip_self_forcing_pt(tmp_path: Path, source: WanTransformer3DModel
         },
         path,
     )
-    assert load_generator_checkpoint(target, path) is target
+    assert load_generator_checkpoint(target, path) == "generator_ema"
     assert_same_parameters(target, source)
     assert torch.equal(forward(target), forward(source))
 
@@ -234,7 +234,7 @@ def test_safetensors_flat_file(tmp_path: Path, source: WanTransformer3DModel, ta
     assert torch.equal(forward(target), forward(source))
 
 
-def test_prefer_ema(tmp_path: Path, source: WanTransformer3DModel) -> None:
+def test_the_entry_is_chosen_and_reported(tmp_path: Path, source: WanTransformer3DModel) -> None:
     ema_model = make_model(2, randomize=True)
     path = tmp_path / "both.pt"
     torch.save(
@@ -245,17 +245,25 @@ def test_prefer_ema(tmp_path: Path, source: WanTransformer3DModel) -> None:
         },
         path,
     )
-    assert_same_parameters(load_generator_checkpoint(make_model(1), path), ema_model)
-    assert_same_parameters(load_generator_checkpoint(make_model(1), path, prefer_ema=False), source)
-    raw = read_state_dict(path, prefer_ema=False)
-    assert torch.equal(raw["model.head.modulation"], source.scale_shift_table)
+    default, generator = make_model(1), make_model(1)
+    assert load_generator_checkpoint(default, path) == "generator_ema"
+    assert load_generator_checkpoint(generator, path, entry="generator") == "generator"
+    assert_same_parameters(default, ema_model)
+    assert_same_parameters(generator, source)
+    raw = read_generator(path, "generator")
+    assert raw.entries == ("generator_ema", "generator") and raw.entry == "generator"
+    assert torch.equal(raw.state["model.head.modulation"], source.scale_shift_table)
+    with pytest.raises(CheckpointError, match="unknown checkpoint entry 'critic'"):
+        read_generator(path, "critic")
 
 
 def test_only_generator_present_is_used_even_when_preferring_ema(tmp_path: Path, source, target) -> None:
     path = tmp_path / "generator_only.pt"
     torch.save({"generator": {"model." + k: v for k, v in original_state_dict(source).items()}}, path)
-    load_generator_checkpoint(target, path, prefer_ema=True)
+    assert load_generator_checkpoint(target, path) == "generator"
     assert_same_parameters(target, source)
+    with pytest.raises(CheckpointError, match="has no entry 'generator_ema' \\(generator\\)"):
+        read_generator(path, "generator_ema")
 
 
 def test_diffusers_named_checkpoint_accepted(tmp_path: Path, source: WanTransformer3DModel, target) -> None:
@@ -353,13 +361,13 @@ def test_convert_original_state_dict_returns_diffusers_names(source: WanTransfor
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.pt"
     with pytest.raises(CheckpointError, match="no such checkpoint file") as info:
-        read_state_dict(path)
+        read_generator(path)
     assert str(path) in str(info.value)
 
 
-def test_directory_passed_to_read_state_dict(tmp_path: Path) -> None:
+def test_directory_passed_to_read_generator(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is a directory") as info:
-        read_state_dict(tmp_path)
+        read_generator(tmp_path)
     assert "load_diffusers_transformer" in str(info.value)
 
 
@@ -368,7 +376,7 @@ def test_corrupt_file(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(os.urandom(4096))
     with pytest.raises(CheckpointError, match="cannot read") as info:
-        read_state_dict(path)
+        read_generator(path)
     assert str(path) in str(info.value)
     assert info.value.__cause__ is not None
 
@@ -379,7 +387,7 @@ def test_non_tensor_pickle_is_refused_not_executed(tmp_path: Path) -> None:
     # The file is a valid pickle: only a weights-only load refuses it.
     assert isinstance(torch.load(path, weights_only=False)["generator"]["model.head.modulation"], Opaque)
     with pytest.raises(CheckpointError, match=r"weights_only=True") as info:
-        read_state_dict(path)
+        read_generator(path)
     assert "Opaque" in str(info.value)
     assert str(path) in str(info.value)
 
@@ -390,21 +398,21 @@ def test_plain_non_tensor_values_rejected(tmp_path: Path) -> None:
     with pytest.raises(
         CheckpointError, match=r"not a dict of named tensors.*'model\.head\.modulation' \(int\)"
     ):
-        read_state_dict(path)
+        read_generator(path)
 
 
 def test_not_a_dict(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], path)
     with pytest.raises(CheckpointError, match="holds a list, not a dict of tensors"):
-        read_state_dict(path)
+        read_generator(path)
 
 
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "weights.npz"
     path.write_bytes(b"x")
     with pytest.raises(CheckpointError, match=r"unsupported checkpoint file type '\.npz'"):
-        read_state_dict(path)
+        read_generator(path)
 
 
 # ---------------------------------------------------------------------------------------------

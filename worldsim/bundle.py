@@ -26,25 +26,37 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from models import original_wan
 from models.causal_wan import CausalWanTransformer
-from models.checkpoint import load_diffusers_transformer, load_generator_checkpoint, require_finite
+from models.checkpoint import (
+    CheckpointError,
+    load_diffusers_transformer,
+    load_generator_checkpoint,
+    require_finite,
+)
+from models.lora import merge_lora, read_lora
 from models.precision import FP32_MODULES, cast_module
 from models.streaming_vae import StreamingDecoder
+from models.taehv import StreamingTAEHV, load_taehv
 from models.text import (
+    TEXT_OFFLOAD,
     CachedTextEncoder,
     HashTextEncoder,
     TextEncoder,
     TextEncoderError,
+    UMT5TextEncoder,
+    load_tokenizer,
     text_encoder_from_spec,
 )
 from worldsim.config import PRESETS, EngineConfig
+from worldsim.families import Family, detect_family, family_of
 from worldsim.world import World
 
 BUNDLE_FILE = "worldsim.json"
@@ -169,6 +181,20 @@ class Parts:
     latents_std: Sequence[float]
     source: str = ""
     scenario: str | None = None
+    notes: list[str] = field(default_factory=list)  # what loading chose, for the user to read
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read a model's files: which settings, which checkpoint entry, what to add or swap."""
+
+    checkpoint: str | Path | None = None  # generator weights to load over the folder's transformer
+    preset: str | None = None  # a family's settings (worldsim.families); else detected from the checkpoint
+    checkpoint_entry: str | None = None  # generator or generator_ema; else the family's, else generator_ema
+    lora: str | Path | None = None  # a LoRA adapter merged into the transformer (LongLive's lora.pt)
+    text_offload: str | None = None  # off, swap or cpu (models.text.UMT5TextEncoder); default: swap on CUDA
+    decoder: str = "vae"  # "vae", or "taehv:PATH" for TAEHV's fast decoder
+    size: tuple[int, int] | None = None  # video (height, width) for a Wan folder; default 480 x 832
 
 
 def load(
@@ -177,19 +203,116 @@ def load(
     dtype: torch.dtype = torch.float32,
     checkpoint: str | Path | None = None,
     attention: str = "sdpa",
+    options: LoadOptions | None = None,
 ) -> World:
-    """Open a bundle by built-in name or folder path, or a diffusers Wan2.1 pipeline folder."""
+    """Open a bundle by built-in name or folder path, a diffusers Wan2.1 pipeline folder, or an
+    original-format Wan2.1 folder (``models.original_wan``), with `options` (``LoadOptions``)."""
+    options = options or LoadOptions()
+    if checkpoint is not None:
+        options = replace(options, checkpoint=checkpoint)
+    family = _family(options)
     path = _resolve(name_or_path)
-    if (path / BUNDLE_FILE).is_file():
-        parts = _bundle_parts(path, device, dtype, checkpoint)
-    elif (path / "model_index.json").is_file():
-        parts = _pipeline_parts(path, device, dtype, checkpoint)
+    kind = folder_kind(path)
+    if kind == "bundle":
+        parts = _bundle_parts(path, device, dtype, options)
+    elif kind == "diffusers":
+        parts = _pipeline_parts(path, device, dtype, options)
     else:
+        parts = _original_parts(path, device, dtype, options)
+    if family is not None and (options.preset is not None or kind != "bundle"):
+        parts.engine = family.config(parts.engine if kind == "bundle" else None)
+        how = "asked for" if options.preset else f"detected from {Path(str(options.checkpoint)).name}"
+        parts.notes.insert(0, f"preset {family.name} ({how}): {family.source}")
+    if options.size is not None and kind != "bundle":
+        parts.height, parts.width = options.size
+    if options.lora is not None:
+        lora = read_lora(options.lora)
+        merged = merge_lora(parts.transformer, lora, str(options.lora))
+        parts.notes.append(f"LoRA {options.lora}: {lora.describe()}, merged into {merged} layers")
+    world = assemble_world(parts, device, dtype, attention)
+    if options.decoder != "vae":
+        world = _with_taehv(world, options.decoder)
+    return world
+
+
+FOLDER_KINDS = ("bundle", "diffusers", "original")
+
+
+def folder_kind(path: Path) -> str:
+    """What a model folder is: a worldsim bundle, a diffusers pipeline, or an original Wan2.1 folder.
+
+    BundleError when it is none of them, or holds the marks of two (a folder half one format, half
+    another would load half).
+    """
+    marks = {
+        "bundle": [BUNDLE_FILE] if (path / BUNDLE_FILE).is_file() else [],
+        "diffusers": ["model_index.json"] if (path / "model_index.json").is_file() else [],
+        "original": [name for name in (original_wan.VAE_FILE, original_wan.T5_FILE)
+                     if (path / name).is_file()] + (["config.json (WanModel)"]
+                                                     if original_wan.is_original_folder(path) else []),
+    }  # fmt: skip
+    found = [kind for kind in FOLDER_KINDS if marks[kind]]
+    if len(found) > 1:
+        described = "; ".join(f"{kind}: {', '.join(marks[kind])}" for kind in found)
+        raise BundleError(f"{path} mixes model formats ({described}): point at a folder of one of them")
+    if not found:
         raise BundleError(
-            f"{path} is neither a worldsim bundle (no {BUNDLE_FILE}) "
-            "nor a diffusers pipeline folder (no model_index.json)"
+            f"{path} is neither a worldsim bundle (no {BUNDLE_FILE}), nor a diffusers pipeline folder "
+            f"(no model_index.json), nor an original Wan2.1 folder (no {original_wan.VAE_FILE}, "
+            f"{original_wan.T5_FILE}, or WanModel config.json)"
         )
-    return assemble_world(parts, device, dtype, attention)
+    return found[0]
+
+
+def _family(options: LoadOptions) -> Family | None:
+    if options.preset is not None:
+        try:
+            return family_of(options.preset)
+        except ValueError as err:
+            raise BundleError(str(err)) from err
+    return detect_family(options.checkpoint) if options.checkpoint is not None else None
+
+
+def _load_checkpoint(transformer: WanTransformer3DModel, options: LoadOptions, notes: list[str]) -> None:
+    """Load the generator checkpoint of `options`, if any, choosing its entry; notes say which."""
+    if options.checkpoint is None:
+        return
+    family = _family(options)
+    entry = options.checkpoint_entry or (family.entry if family else None)
+    try:
+        used = load_generator_checkpoint(transformer, options.checkpoint, entry=entry)
+    except CheckpointError as err:
+        if entry is not None and options.checkpoint_entry is None and "has no entry" in str(err):
+            used = load_generator_checkpoint(transformer, options.checkpoint)  # the family's is not there
+        else:
+            raise
+    why = (
+        "asked for"
+        if options.checkpoint_entry
+        else f"{family.name}'s own inference loads it"
+        if family
+        else "default"
+    )
+    notes.append(
+        f"checkpoint {options.checkpoint}: "
+        + (f"entry {used!r} ({why})" if used else "a flat state dict (no generator entries)")
+    )
+
+
+def _with_taehv(world: World, spec: str) -> World:
+    kind, _, path = spec.partition(":")
+    if kind != "taehv" or not path:
+        raise BundleError(f"unknown decoder {spec!r} (use vae, or taehv:PATH to a taew2_1.pth)")
+    if world.latent_channels != 16:
+        raise BundleError(
+            f"TAEHV decodes Wan's 16-channel latents; this model's have {world.latent_channels}"
+        )
+    decoder = load_taehv(path)
+    vae_decoder = world.decoder
+    fast = StreamingTAEHV(decoder.to(world.model.device), vae_decoder.vae, vae_decoder.mean, vae_decoder.std)
+    world.decoder = fast  # type: ignore[assignment]
+    world.notes.append(f"decoder: TAEHV from {path}")
+    return world
 
 
 def random_world(
@@ -247,6 +370,7 @@ def assemble_world(
             width=parts.width,
             source=parts.source,
             scenario=parts.scenario,
+            notes=list(parts.notes),
         )
     except ValueError as err:  # sizes that do not fit the decoder, latent statistics of the wrong length
         raise BundleError(f"{parts.source or parts.name}: {err}") from err
@@ -269,7 +393,7 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 
 def _bundle_parts(
-    folder: Path, device: str | torch.device, dtype: torch.dtype, checkpoint: str | Path | None
+    folder: Path, device: str | torch.device, dtype: torch.dtype, options: LoadOptions
 ) -> Parts:
     spec = BundleSpec.read(folder)
     scenario = None
@@ -280,39 +404,91 @@ def _bundle_parts(
             )
         scenario = str(folder / spec.scenario)
     transformer = load_diffusers_transformer(folder / spec.transformer, torch_dtype=torch.float32)
-    if checkpoint is None and spec.generator_checkpoint is not None:
-        checkpoint = folder / spec.generator_checkpoint
-    if checkpoint is not None:
-        load_generator_checkpoint(transformer, checkpoint)
+    if options.checkpoint is None and spec.generator_checkpoint is not None:
+        options = replace(options, checkpoint=folder / spec.generator_checkpoint)
+    notes: list[str] = []
+    _load_checkpoint(transformer, options, notes)
     vae = load_vae_folder(folder / spec.vae)
     try:
-        text = text_encoder_from_spec(spec.text_encoder, folder, device)
+        text = text_encoder_from_spec(
+            spec.text_encoder, folder, device, _text_dtype(device, dtype), _offload(options, device)
+        )
     except TextEncoderError as err:
         raise BundleError(f"{folder / BUNDLE_FILE}: {err}") from err
     return Parts(
         spec.name, transformer, vae, text, spec.engine, spec.height, spec.width,
         spec.latents_mean or vae.config.latents_mean, spec.latents_std or vae.config.latents_std,
-        source=str(folder), scenario=scenario,
+        source=str(folder), scenario=scenario, notes=notes,
     )  # fmt: skip
 
 
 def _pipeline_parts(
-    folder: Path, device: str | torch.device, dtype: torch.dtype, checkpoint: str | Path | None
+    folder: Path, device: str | torch.device, dtype: torch.dtype, options: LoadOptions
 ) -> Parts:
     transformer = load_diffusers_transformer(folder / "transformer", torch_dtype=torch.float32)
-    if checkpoint is not None:
-        load_generator_checkpoint(transformer, checkpoint)
+    notes: list[str] = []
+    _load_checkpoint(transformer, options, notes)
     vae = load_vae_folder(folder / "vae")
     umt5 = {"kind": "umt5", "path": "text_encoder", "tokenizer": "tokenizer"}
     try:
-        text = text_encoder_from_spec(umt5, folder, device, dtype)
+        text = text_encoder_from_spec(
+            umt5, folder, device, _text_dtype(device, dtype), _offload(options, device)
+        )
     except TextEncoderError as err:
         raise BundleError(str(err)) from err
     spec = PRESETS["wan-1.3b"]
     return Parts(
         folder.name, transformer, vae, text, spec.engine, spec.height, spec.width,
-        vae.config.latents_mean, vae.config.latents_std, source=str(folder),
+        vae.config.latents_mean, vae.config.latents_std, source=str(folder), notes=notes,
     )  # fmt: skip
+
+
+def _original_parts(
+    folder: Path, device: str | torch.device, dtype: torch.dtype, options: LoadOptions
+) -> Parts:
+    """An original-format Wan2.1 folder: every file it needs there, each read and checked."""
+    needed = [
+        original_wan.CONFIG_FILE,
+        original_wan.VAE_FILE,
+        original_wan.T5_FILE,
+        original_wan.TOKENIZER_FOLDER,
+    ]
+    missing = [name for name in needed if not (folder / name).exists()]
+    if missing:
+        raise BundleError(f"{folder} is an original Wan2.1 folder but lacks {', '.join(missing)}")
+    transformer = original_wan.load_original_transformer(folder)
+    notes: list[str] = [f"original Wan2.1 folder {folder}"]
+    _load_checkpoint(transformer, options, notes)
+    vae = original_wan.load_original_vae(folder / original_wan.VAE_FILE)
+    encoder = original_wan.load_original_umt5(folder / original_wan.T5_FILE).to(_text_dtype(device, dtype))
+    try:
+        tokenizer = load_tokenizer(folder / original_wan.TOKENIZER_FOLDER)
+    except (OSError, ValueError) as err:
+        raise BundleError(
+            f"cannot load the tokenizer in {folder / original_wan.TOKENIZER_FOLDER}: {err}"
+        ) from err
+    text = UMT5TextEncoder(encoder, tokenizer, 512, device, _offload(options, device))
+    spec = PRESETS["wan-1.3b"]
+    return Parts(
+        folder.name, transformer, vae, text, spec.engine, spec.height, spec.width,
+        vae.config.latents_mean, vae.config.latents_std, source=str(folder), notes=notes,
+    )  # fmt: skip
+
+
+def _text_dtype(device: str | torch.device, dtype: torch.dtype) -> torch.dtype:
+    """UMT5 runs in float32, as Wan runs it, except on a GPU at a lower precision (11 GB in bfloat16)."""
+    return dtype if torch.device(device).type == "cuda" else torch.float32
+
+
+def _offload(options: LoadOptions, device: str | torch.device) -> str:
+    """The text offload asked for, else swap on CUDA (the encoder leaves the GPU between prompts)."""
+    if options.text_offload is not None:
+        if options.text_offload not in TEXT_OFFLOAD:
+            raise BundleError(
+                f"unknown text offload {options.text_offload!r} (known: {', '.join(TEXT_OFFLOAD)})"
+            )
+        return options.text_offload
+    return "swap" if torch.device(device).type == "cuda" else "off"
 
 
 def load_vae_folder(folder: Path) -> AutoencoderKLWan:

@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(run=_replay)
 
+    inspect = commands.add_parser(
+        "inspect", help="say what a model folder or weights file is, without loading it (run this first)"
+    )
+    inspect.add_argument("path", type=Path, help="a folder (bundle, diffusers, original Wan2.1) or a file")
+    inspect.set_defaults(run=_inspect)
+
     # Commands of the layers above the engine (training, evaluation, play) register themselves
     # through this entry-point group, so the engine never imports them.
     for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
@@ -166,8 +172,35 @@ def model_options(parser: argparse.ArgumentParser, random: bool = False) -> None
         parser.add_argument(
             "--model", default=DEFAULT_MODEL, help=f"bundle name or folder (default: {DEFAULT_MODEL})"
         )
-    parser.add_argument(
-        "--checkpoint", type=Path, help="original-format generator weights to load over the model"
+    weights = parser.add_argument_group("Wan weights (see `worldsim inspect`)")
+    weights.add_argument(
+        "--checkpoint", type=Path, help="generator weights to load over the model (a Self-Forcing-family .pt)"
+    )
+    weights.add_argument(
+        "--checkpoint-entry",
+        choices=("generator", "generator_ema"),
+        help="which weights of a checkpoint that holds both (default: what its family's inference loads)",
+    )
+    weights.add_argument(
+        "--preset",
+        metavar="FAMILY",
+        help="the inference settings of a family: self-forcing, causal-forcing, causal-forcing-framewise, "
+        "rolling-forcing, causvid, longlive, infinite-forcing (default: detected from the checkpoint's name)",
+    )
+    weights.add_argument(
+        "--lora", type=Path, help="a LoRA adapter merged into the weights (LongLive's lora.pt)"
+    )
+    weights.add_argument(
+        "--text-offload",
+        choices=("off", "swap", "cpu"),
+        help="keep the text encoder off the GPU between prompts: swap (bring it back for a new prompt; "
+        "the default on CUDA), cpu (encode there), off",
+    )
+    weights.add_argument(
+        "--decoder", default="vae", help="vae (default), or taehv:PATH to decode with TAEHV (taew2_1.pth)"
+    )
+    weights.add_argument(
+        "--size", type=_video_size, metavar="WxH", help="video size of a Wan folder (default: 832x480)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -185,6 +218,14 @@ def seed_number(text: str) -> int:
     return value
 
 
+def _video_size(text: str) -> tuple[int, int]:
+    """'832x480' -> (height 480, width 832)."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 832x480, got {text!r}")
+    return int(height), int(width)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -197,7 +238,7 @@ def _positive_int(text: str) -> int:
 
 def open_world(args: argparse.Namespace) -> World:
     """The world the options name, on their device and thread count; CommandError if it will not open."""
-    from worldsim.bundle import load, random_world
+    from worldsim.bundle import LoadOptions, load, random_world
     from worldsim.device import parse_device, parse_dtype, use_threads
 
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
@@ -207,10 +248,22 @@ def open_world(args: argparse.Namespace) -> World:
             return random_world(args.random, device=device, dtype=dtype, seed=args.seed)
         except ValueError as err:  # an unknown preset
             raise CommandError(str(err)) from err
+    options = LoadOptions(
+        checkpoint=getattr(args, "checkpoint", None),
+        preset=getattr(args, "preset", None),
+        checkpoint_entry=getattr(args, "checkpoint_entry", None),
+        lora=getattr(args, "lora", None),
+        text_offload=getattr(args, "text_offload", None),
+        decoder=getattr(args, "decoder", "vae"),
+        size=getattr(args, "size", None),
+    )
     try:
-        return load(args.model or DEFAULT_MODEL, device=device, dtype=dtype, checkpoint=args.checkpoint)
+        world = load(args.model or DEFAULT_MODEL, device=device, dtype=dtype, options=options)
     except FileNotFoundError as err:
         raise CommandError(str(err)) from err
+    for note in world.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return world
 
 
 def check_output(path: Path, suffixes: Sequence[str] = VIDEO_SUFFIXES, flag: str = "--out") -> None:
@@ -312,6 +365,14 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_bench(world, blocks=args.blocks, seed=args.seed)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result))
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from worldsim.inspect import inspect_path
+
+    report = inspect_path(args.path)
+    print(report.text())
+    return 0 if report.usable else 1
 
 
 def _soak(args: argparse.Namespace) -> int:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the sampler needs torch; the settings do not
+    from worldsim.sampler import FlowMatchSchedule
 
 POSITION_SCHEMES = ("relative", "onset", "absolute")
 
@@ -29,6 +32,7 @@ class EngineConfig:
     cut_keeps_sink: bool = True  # False: a cut starts a fresh window whose first frame is the new sink
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)  # timesteps before the shift warp
     shift: float = 5.0  # flow-matching timestep shift
+    warp_denoising_steps: bool = True  # False: the steps are the timesteps themselves (CausVid)
     guidance_scale: float = 1.0  # classifier-free guidance against the empty prompt; 1 = off
     context_noise: int = 0  # timestep of the pass that writes a finished block into the cache
     positions: str = "relative"  # relative (Block-Relativistic) | onset | absolute
@@ -77,6 +81,13 @@ class EngineConfig:
             raise ValueError("invalid engine settings: " + "; ".join(problems))
         object.__setattr__(self, "denoising_steps", tuple(int(t) for t in self.denoising_steps))
         object.__setattr__(self, "kept_frames", self.window_frames - self.block_frames)
+
+    @property
+    def schedule(self) -> FlowMatchSchedule:
+        """The sigmas a block is denoised through."""
+        from worldsim.sampler import FlowMatchSchedule
+
+        return FlowMatchSchedule(self.denoising_steps, self.shift, self.warp_denoising_steps)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-able values."""

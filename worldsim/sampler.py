@@ -33,10 +33,13 @@ class FlowMatchSchedule:
 
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
     shift: float = 5.0
+    warp: bool = True  # False: the steps are the timesteps themselves, sigma = t / 1000 (CausVid)
 
     @property
     def sigmas(self) -> tuple[float, ...]:
-        """Warped sigma of each step, in step order."""
+        """Sigma of each step, in step order: warped by the shift, or t / 1000 unwarped."""
+        if not self.warp:
+            return tuple(t / 1000.0 for t in self.denoising_steps)
         return tuple(shifted_sigma(t, self.shift) for t in self.denoising_steps)
 
     @property

@@ -28,7 +28,7 @@ from models.streaming_vae import DecoderState, StreamingDecoder, to_uint8_frames
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
 from worldsim.rollout import BlockWindow, close_block, open_block
-from worldsim.sampler import FlowMatchSchedule, renoise, sample_block
+from worldsim.sampler import renoise, sample_block
 
 if TYPE_CHECKING:
     from worldsim.schedule import BlockEvent
@@ -103,7 +103,7 @@ class Session:
         self.config = config or world.config
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.schedule = FlowMatchSchedule(self.config.denoising_steps, self.config.shift)
+        self.schedule = self.config.schedule
         self.cache = KVCache(world.model.num_layers, self.config.kept_frames, self.config.sink_frames)
         self.decoder_state: DecoderState = world.decoder.new_state()
         self.block_index = 0  # blocks returned so far

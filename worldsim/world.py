@@ -39,6 +39,7 @@ class World:
     width: int
     source: str = ""  # the folder it was loaded from, if any
     scenario: str | None = None  # path of the scenario file the bundle ships, if any
+    notes: list[str] = field(default_factory=list)  # what loading chose (checkpoint entry, preset, ...)
     _contexts: OrderedDict[str, TextContext] = field(default_factory=OrderedDict, init=False, repr=False)
     _weights_hash: str | None = field(default=None, init=False, repr=False)
     _encoder: StreamingEncoder | None = field(default=None, init=False, repr=False)
@@ -111,7 +112,8 @@ class World:
         """SHA-256 of every transformer and VAE weight (computed once), identifying a model exactly."""
         if self._weights_hash is None:
             digest = hashlib.sha256()
-            for prefix, module in (("transformer.", self.model.transformer), ("vae.", self.decoder.vae)):
+            modules = [("transformer.", self.model.transformer), *self.decoder.hashed_modules()]
+            for prefix, module in modules:
                 for name, tensor in sorted(module.state_dict().items()):
                     digest.update((prefix + name + str(tuple(tensor.shape)) + str(tensor.dtype)).encode())
                     digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

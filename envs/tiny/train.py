@@ -50,7 +50,6 @@ from models.text import MiniLMTextEncoder, Whitening
 from worldsim.bundle import load_vae_folder, save_bundle
 from worldsim.config import PRESETS, EngineConfig
 from worldsim.device import use_threads
-from worldsim.sampler import FlowMatchSchedule
 
 VAE_WARMUP_STEPS = 50  # learning-rate warm-up of the VAE and decoder stages
 
@@ -246,7 +245,7 @@ def train_transformer(
     table = torch.cat([encoder.encode(p) for p in prompts]).to(config.device)  # (P, L, dim)
     if config.text_whitening:
         table = text_whitening(run, table, config.text_whitening_shrinkage).apply(table)
-    sigma_choices = torch.tensor(FlowMatchSchedule(engine.denoising_steps, engine.shift).sigmas)
+    sigma_choices = torch.tensor(engine.schedule.sigmas)
 
     def loss(step: int, rng: np.random.Generator, noise: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         index = rng.choice(len(clips), size=config.batch, replace=False)
