@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import resource
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +34,8 @@ class BenchResult:
     other_ms_median: float
     peak_mem_mb: float  # CUDA: max allocated; CPU: peak resident set size of the process
     torch: str
+    # peak memory by stage, MiB: the loaded model, encoding the prompts, generating and decoding
+    memory_by_stage_mb: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -47,13 +49,13 @@ def run_bench(
     if blocks < 2:
         raise ValueError("bench needs at least 2 blocks (the first block is timed apart)")
     device = world.model.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = {"model": _stage_peak_mb(device)}
     session = world.session(prompt, seed=seed)
     session.synchronize_timing = True
     # Encode the prompts used below before timing, as a player's scenario prompts would be.
     for text in (f"{prompt}, at night", "a city street"):
         world.text_context(text)
+    memory["text"] = _stage_peak_mb(device)
 
     times, stages, frames = [], [], 0
     for index in tqdm(range(blocks), desc="bench", unit="block", leave=False):
@@ -66,6 +68,7 @@ def run_bench(
         times.append(session.clock() - started)
         stages.append(block.seconds)
         frames += block.frames.shape[0]
+    memory["generation"] = _stage_peak_mb(device)
 
     steady = times[1:]
     steady_frames = frames - world.block_video_frames()[0]
@@ -89,14 +92,20 @@ def run_bench(
         transformer_ms_median=1000 * statistics.median(transformer),
         decode_ms_median=1000 * statistics.median(decode),
         other_ms_median=1000 * statistics.median(other),
-        peak_mem_mb=_peak_memory_mb(device),
+        peak_mem_mb=max(memory.values()),
         torch=torch.__version__,
+        memory_by_stage_mb=memory,
     )
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+def _stage_peak_mb(device: torch.device) -> float:
+    """The peak memory since the last call (CUDA: allocated on the device), MiB; on a CPU the process's
+    peak resident set so far (it cannot be reset)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -115,6 +124,7 @@ def format_result(result: BenchResult) -> str:
         ("  decode", f"{result.decode_ms_median:.0f} ms"),
         ("  other", f"{result.other_ms_median:.0f} ms"),
         ("peak memory", f"{result.peak_mem_mb:.0f} MiB"),
+        *((f"  {stage}", f"{mb:.0f} MiB") for stage, mb in result.memory_by_stage_mb.items()),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
