@@ -503,3 +503,20 @@ def test_bad_files_are_refused_naming_the_file_and_the_problem(original: Path, t
     (i2v / "config.json").write_text(json.dumps({**config, "model_type": "i2v"}))
     with pytest.raises(CheckpointError, match="'i2v' model"):
         load_original(i2v)
+
+
+def test_the_transformer_files_convert_to_the_diffusers_copy(tmp_path: Path) -> None:
+    from models.original_wan import load_original_transformer
+
+    torch.manual_seed(9)
+    source = WanTransformer3DModel(**TRANSFORMER).eval()
+    original_transformer_files(tmp_path, source, shards=2)
+    loaded = load_original_transformer(tmp_path)
+    assert dict(loaded.config) | {"_use_default_values": None} == dict(source.config) | {
+        "_use_default_values": None
+    }
+    latents, text = torch.randn(1, 16, 2, 8, 8), torch.randn(1, 5, 16)
+    with torch.no_grad():
+        ours = loaded(latents, torch.tensor([500.0]), text).sample
+        theirs = source(latents, torch.tensor([500.0]), text).sample
+    assert torch.equal(ours, theirs)
