@@ -37,19 +37,15 @@ import numpy as np
 from controllers import Controller, KeyboardController
 from worldsim.cli import CommandError, check_output, model_options, open_world, run_command, seed_number
 from worldsim.image import read_image
-from worldsim.replay import ReplayEvent, ReplayWriter, SessionStart, frames_digest
-from worldsim.scenario import PromptState, Scenario, load_scenario
+from worldsim.live import THREAD_PREFIX, Generated, LiveRollout, Recorder
+from worldsim.scenario import Scenario, load_scenario
 
 if TYPE_CHECKING:
     import pygame
 
-    from worldsim.session import Block, Session
     from worldsim.world import World
 
 WINDOW_SIZE = 512  # the default --scale makes the video about this many pixels on its long side
-AHEAD = 2  # blocks generated ahead of the one on screen
-JOIN_SECONDS = 0.5  # how long quitting waits for the generator before leaving it to die with the process
-THREAD_PREFIX = "worldsim-"  # names of the threads play starts
 PANEL_WIDTH = 300
 PAD = 12
 FONT_SIZE = 20
@@ -92,123 +88,6 @@ class PlayState:
     screenshots: list[Path] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Generated:
-    """A block fresh from the generator, with the action that led to it and the time it took."""
-
-    block: Block
-    action: str
-    seconds: float
-
-
-class BlockProducer:
-    """Owns the session on a daemon thread, generating at most `ahead` blocks beyond the one on screen."""
-
-    def __init__(
-        self, session: Session, scenario: Scenario, controller: Controller, ahead: int = AHEAD
-    ) -> None:
-        self.session = session
-        self.scenario = scenario
-        self.controller = controller
-        self.blocks: queue.Queue[Generated | BaseException] = queue.Queue()
-        self.stop_event = threading.Event()
-        self.running = threading.Event()  # cleared while paused
-        self.running.set()
-        self._room = threading.Semaphore(ahead)  # released by the window as it takes each block
-        self.prompts = PromptState(scenario)
-        self.thread = threading.Thread(target=self._run, name=THREAD_PREFIX + "generator", daemon=True)
-
-    def start(self) -> None:
-        """Start generating."""
-        self.thread.start()
-
-    def stop(self, timeout: float = JOIN_SECONDS) -> None:
-        """Ask the thread to end and wait briefly; a block being generated is not waited for."""
-        self.stop_event.set()
-        self.running.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    def taken(self) -> None:
-        """The window took a block off the queue: there is room for one more."""
-        self._room.release()
-
-    def _wait(self, wait: Callable[[float], bool]) -> bool:
-        # short waits, so that a stop is noticed promptly
-        while not self.stop_event.is_set():
-            if wait(0.05):
-                return not self.stop_event.is_set()
-        return False
-
-    def _run(self) -> None:
-        obs: np.ndarray | None = None
-        try:
-            while True:
-                if not self._wait(lambda t: self._room.acquire(timeout=t)):
-                    return
-                if not self._wait(self.running.wait):
-                    return
-                info = {"block": self.session.block_index, "prompt": self.session.prompt}
-                change = self.prompts.apply(self.controller.act(obs, info))
-                self.session.follow(change.prompt, change.cut)
-                started = time.perf_counter()
-                block = self.session.step()
-                seconds = time.perf_counter() - started
-                if self.stop_event.is_set():
-                    return
-                obs = block.frames[-1]
-                self.blocks.put(Generated(block, change.action, seconds))
-        except BaseException as err:  # the window reports it; a silent dead thread would just freeze play
-            self.blocks.put(err)
-
-
-class Recorder:
-    """Every block played so far, and the replay file being written, if any."""
-
-    def __init__(self, world: World, session: SessionStart, scenario: str, path: Path | None) -> None:
-        self.world = world
-        self.session = session  # read for how it started (seed, start prompt, settings, picture)
-        self.scenario = scenario
-        self.first_path = path
-        self.writer: ReplayWriter | None = None
-        self._played: list[ReplayEvent] = []  # what a replay keeps of each block, not its pixels
-        self._count = 0
-
-    def add(self, block: Block, action: str) -> None:
-        """Note a block as played, and write it if recording."""
-        event = ReplayEvent(block.index, action, block.prompt, block.cut, frames_digest(block.frames))
-        self._played.append(event)
-        if self.writer is not None:
-            self.writer.write_event(event)
-
-    def start(self) -> Path:
-        """Open a new replay file and write the blocks played so far into it."""
-        path = self._next_path()
-        writer = ReplayWriter(path, self.world, self.session, scenario=self.scenario)
-        for event in self._played:
-            writer.write_event(event)
-        self.writer = writer
-        return path
-
-    def stop(self) -> Path | None:
-        """Close the replay file (everything in it is already on disk)."""
-        if self.writer is None:
-            return None
-        path = self.writer.path
-        self.writer.close()
-        self.writer = None
-        return path
-
-    def _next_path(self) -> Path:
-        self._count += 1
-        if self.first_path is None:
-            return Path(f"worldsim-{time.strftime('%Y%m%d-%H%M%S')}-{self._count}.jsonl")
-        if self._count == 1:
-            return self.first_path
-        # never overwrite an earlier recording of this session
-        return self.first_path.with_name(f"{self.first_path.stem}-{self._count}{self.first_path.suffix}")
-
-
 @dataclass
 class Options:
     """The window's settings from the command line."""
@@ -228,7 +107,7 @@ class Window:
         world: World,
         scenario: Scenario,
         controller: Controller,
-        producer: BlockProducer,
+        producer: LiveRollout,
         recorder: Recorder,
         options: Options,
         on_frame: FrameCallback | None = None,
@@ -368,10 +247,7 @@ class Window:
 
     def _toggle_pause(self) -> None:
         self.state.paused = not self.state.paused
-        if self.state.paused:
-            self.producer.running.clear()
-        else:
-            self.producer.running.set()
+        self.producer.pause(self.state.paused)
 
     def _toggle_recording(self) -> None:
         if self.recorder.writer is not None:
@@ -589,7 +465,7 @@ def run(args: argparse.Namespace, on_frame: FrameCallback | None = None) -> int:
     controller = KeyboardController(scenario)
     session = world.session(scenario.start_prompt, seed=args.seed, start_image=image)
     recorder = Recorder(world, session, scenario.source, args.record)
-    producer = BlockProducer(session, scenario, controller)
+    producer = LiveRollout(session, scenario, controller)
     options = Options(
         scale=args.scale or WINDOW_SIZE / max(world.height, world.width),
         frames=args.frames,
