@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from controllers import Controller, KeyboardController
-from worldsim.cli import CommandError, check_output, model_options, open_world, run_command, seed_number
+from worldsim.cli import (
+    CommandError,
+    check_output,
+    model_options,
+    open_scenario,
+    open_world,
+    run_command,
+    seed_number,
+)
 from worldsim.image import read_image
 from worldsim.live import THREAD_PREFIX, Generated, LiveRollout, Recorder
 from worldsim.scenario import Scenario, load_scenario
@@ -444,16 +452,11 @@ def run(args: argparse.Namespace, on_frame: FrameCallback | None = None) -> int:
     """Open the world and play it until the window is closed."""
     pg = _import_pygame()
     _check_args(args)
-    scenario = load_scenario(args.scenario) if args.scenario is not None else None
+    if args.scenario is not None:
+        load_scenario(args.scenario)  # a bad file fails before the model loads
     image = read_image(args.image) if args.image is not None else None
     world = open_world(args)
-    if scenario is None:
-        if world.scenario is None:
-            raise CommandError(
-                f"the model {world.name!r} ships no scenario; "
-                "pass one with --scenario FILE.toml (or a built-in name)"
-            )
-        scenario = load_scenario(Path(world.scenario))
+    scenario = open_scenario(args.scenario, world)
     shadowed = sorted({k for k in scenario.keymap() if k.lower() in WINDOW_KEYS})
     if shadowed:
         print(f"play: note: the window's own keys {shadowed} override the scenario's", file=sys.stderr)

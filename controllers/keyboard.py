@@ -60,6 +60,12 @@ class KeyboardController:
             else:
                 self._pressed.append(name)
 
+    def queue(self, name: str) -> None:
+        """An action by name (a button rather than a key), applied once, at the next block."""
+        self.scenario.action(name)  # ScenarioError if there is no such action
+        with self._lock:
+            self._pressed.append(name)
+
     def release(self, key: str) -> None:
         """A key went up."""
         key = key.lower()

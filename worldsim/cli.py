@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from worldsim.device import DTYPES, check_device_name
 
 if TYPE_CHECKING:  # torch and the models load only when a command needs them
+    from worldsim.scenario import Scenario
     from worldsim.world import World
 
 DEFAULT_MODEL = "tiny"
@@ -264,6 +265,20 @@ def open_world(args: argparse.Namespace) -> World:
     for note in world.notes:
         print(f"note: {note}", file=sys.stderr)
     return world
+
+
+def open_scenario(requested: Path | str | None, world: World) -> Scenario:
+    """The scenario asked for (a file or a built-in name), else the one the model's bundle ships."""
+    from worldsim.scenario import load_scenario
+
+    if requested is not None:
+        return load_scenario(requested)
+    if world.scenario is None:
+        raise CommandError(
+            f"the model {world.name!r} ships no scenario; "
+            "pass one with --scenario FILE.toml (or a built-in name)"
+        )
+    return load_scenario(world.scenario)
 
 
 def check_output(path: Path, suffixes: Sequence[str] = VIDEO_SUFFIXES, flag: str = "--out") -> None:

@@ -18,14 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from worldsim.replay import ReplayEvent, ReplayWriter, SessionStart, frames_digest
 from worldsim.scenario import PromptChange, PromptState, Scenario
-from worldsim.session import Block, Session
-from worldsim.world import World
+
+if TYPE_CHECKING:  # the engine (torch) loads with the model, not with the front ends' command lines
+    from worldsim.session import Block, Session
+    from worldsim.world import World
 
 AHEAD = 2  # blocks generated ahead of the one being shown
 JOIN_SECONDS = 0.5  # how long stopping waits for the generator before leaving it to die with the process
