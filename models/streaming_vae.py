@@ -91,6 +91,11 @@ def use_stock_convolutions(module: ModuleT) -> ModuleT:
     return module
 
 
+# Rows decoded in one call: past about 8 rollouts of 64x64 video the activations outgrow the CPU's
+# caches and a call gets slower per row (worldsim bench --batch).
+DECODE_ROWS = 1
+
+
 @dataclass
 class DecoderState:
     """The decoder's causal feature cache and how many latent frames it has seen."""
@@ -213,6 +218,46 @@ class StreamingDecoder(_Streaming):
             )
             state.latent_frames += 1
         return torch.cat(frames, dim=2).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def decode_rows(self, latents: Tensor, states: Sequence[DecoderState]) -> list[Tensor]:
+        """Decode a batch of rollouts (B, C, T, h, w), row b with its own `states[b]`; updates the states.
+
+        Returns each row's video (1, 3, T', H, W): a rollout's very first latent frame decodes to
+        fewer video frames than the others', so the rows may differ in length.
+
+        Rows whose caches have settled (past their first two latent frames, when every cached entry
+        is a tensor of the same shape) go through the decoder together, in one call; a rollout that
+        has just started decodes on its own, because its first frame is decoded differently.
+        """
+        if len(states) != latents.shape[0]:
+            raise ValueError(f"{len(states)} decoder states for a batch of {latents.shape[0]}")
+        groups: dict[object, list[int]] = {}
+        for row, state in enumerate(states):
+            groups.setdefault(_settled(state) or ("alone", row), []).append(row)
+        chunks = [
+            rows[i : i + DECODE_ROWS] for rows in groups.values() for i in range(0, len(rows), DECODE_ROWS)
+        ]
+        videos: dict[int, Tensor] = {}
+        for rows in chunks:
+            if len(rows) == 1:
+                videos[rows[0]] = self.decode(latents[rows[0] : rows[0] + 1], states[rows[0]])
+                continue
+            caches = zip(*(states[row].feature_cache for row in rows), strict=True)
+            merged = DecoderState([torch.cat(parts) for parts in caches], states[rows[0]].latent_frames)
+            video = self.decode(latents[rows], merged)
+            for j, row in enumerate(rows):
+                states[row].feature_cache = [entry[j : j + 1] for entry in merged.feature_cache]
+                states[row].latent_frames = merged.latent_frames
+                videos[row] = video[j : j + 1]
+        return [videos[row] for row in range(len(states))]
+
+
+def _settled(state: DecoderState) -> tuple[tuple[int, ...], ...] | None:
+    """The shapes of a decoder state's cached entries once it has settled (all tensors), else None."""
+    if state.latent_frames < 2 or not all(isinstance(entry, Tensor) for entry in state.feature_cache):
+        return None
+    return tuple(tuple(entry.shape[1:]) for entry in state.feature_cache)
 
 
 def from_uint8_frames(frames: np.ndarray) -> Tensor:

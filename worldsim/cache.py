@@ -88,11 +88,26 @@ class KVCache:
             padded.append([*row[:real], *[0] * (self.slots - real), *row[real:]])
         return padded
 
-    def commit(self, block_kv: Sequence[LayerKV], frame_indices: Sequence[int]) -> None:
-        """Add a finished block's keys/values to every rollout, evicting the oldest non-sink frames."""
+    def commit(
+        self, block_kv: Sequence[LayerKV], frame_indices: Sequence[int] | Sequence[Sequence[int]]
+    ) -> None:
+        """Add a finished block's keys/values to every rollout, evicting the oldest non-sink frames.
+
+        frame_indices: the rollout indices of the block's frames, the same for every rollout or a
+        list per rollout.
+        """
         if len(block_kv) != self.num_layers:
             raise ValueError(f"expected keys/values for {self.num_layers} layers, got {len(block_kv)}")
-        new_frames = len(frame_indices)
+        per_row: list[list[int]] = (
+            [list(f) for f in frame_indices]  # type: ignore[arg-type]
+            if frame_indices and not isinstance(frame_indices[0], int)
+            else [list(frame_indices)] * self.batch  # type: ignore[arg-type]
+        )
+        if len(per_row) != self.batch or len({len(f) for f in per_row}) != 1:
+            raise ValueError(
+                f"frame indices for {len(per_row)} rollouts of unequal blocks, for a cache of {self.batch}"
+            )
+        new_frames = len(per_row[0])
         tokens = block_kv[0][0].shape[1]
         if tokens % new_frames:
             raise ValueError(f"{tokens} tokens do not split into {new_frames} frames")
@@ -104,10 +119,10 @@ class KVCache:
 
         slots = self.slots
         sources, held = [], []
-        for row in self.held:
+        for row, block_indices in zip(self.held, per_row, strict=True):
             # slot of each frame in (this row's buffer slots, then the block's frames)
             combined = [*range(len(row)), *range(slots, slots + new_frames)]
-            indices = [*row, *frame_indices]
+            indices = [*row, *block_indices]
             keep = frames_to_keep(len(combined), self.capacity, self.sink_frames)
             sources.append([combined[i] for i in keep])
             held.append([indices[i] for i in keep])
@@ -128,6 +143,55 @@ class KVCache:
     def clear(self, rows: Iterable[int] | None = None) -> None:
         """Forget every frame of the given rollouts (all by default)."""
         self._select(rows, lambda held: 0)
+
+    def take(self, rows: Sequence[int]) -> KVCache:
+        """A new cache holding copies of the given rollouts' frames, in that order."""
+        taken = KVCache(self.num_layers, self.capacity, self.sink_frames, batch=len(rows))
+        taken._tokens_per_frame = self._tokens_per_frame
+        taken.held = [list(self.held[r]) for r in rows]
+        current = self.layers()
+        if current is not None:
+            sources = [list(range(len(self.held[r]))) for r in rows]
+            taken._layers = [taken._gather(k[list(rows)], v[list(rows)], sources) for k, v in current]
+        return taken
+
+    def put(self, rows: Sequence[int], other: KVCache) -> None:
+        """Replace the given rollouts' frames by those of `other`'s rollouts, one for one."""
+        if len(rows) != other.batch:
+            raise ValueError(f"{other.batch} rollouts put into {len(rows)} rows")
+        if (other.num_layers, other.capacity, other.sink_frames) != (
+            self.num_layers,
+            self.capacity,
+            self.sink_frames,
+        ):
+            raise ValueError("a cache of another shape cannot be put into this one")
+        if self._tokens_per_frame and other._tokens_per_frame not in (0, self._tokens_per_frame):
+            raise ValueError("the caches' frames differ in size")
+        self._tokens_per_frame = self._tokens_per_frame or other._tokens_per_frame
+        replaced = dict(zip(rows, range(other.batch), strict=True))
+        held = [
+            list(other.held[replaced[r]]) if r in replaced else list(row) for r, row in enumerate(self.held)
+        ]
+        mine, theirs = self.layers(), other.layers()
+        self.held = held
+        if mine is None and theirs is None:
+            self._layers = []
+            return
+        like = (mine or theirs)[0][0]  # type: ignore[index]
+        width = max(buffers[0][0].shape[1] for buffers in (mine, theirs) if buffers is not None)
+        source_rows = [self.batch + replaced[r] if r in replaced else r for r in range(self.batch)]
+        sources = [list(range(len(h))) for h in held]
+        layers = []
+        for layer in range(self.num_layers):
+            # this cache's rows, then the other's, both padded to the same slots
+            parts = [
+                _padded(mine, layer, self.batch, width, like),
+                _padded(theirs, layer, other.batch, width, like),
+            ]
+            keys = torch.cat([part[0] for part in parts])[source_rows]
+            values = torch.cat([part[1] for part in parts])[source_rows]
+            layers.append(self._gather(keys, values, sources))
+        self._layers = layers
 
     def _select(self, rows: Iterable[int] | None, capacity_of: Callable[[int], int]) -> None:
         """Keep, in each chosen rollout, the sink and the newest frames that fit `capacity_of(held)`."""
@@ -163,3 +227,16 @@ class KVCache:
             return keys[:, token[0]], values[:, token[0]]
         row = torch.arange(keys.shape[0], device=keys.device)[:, None]
         return keys[row, token], values[row, token]
+
+
+def _padded(layers: list[LayerKV] | None, layer: int, batch: int, tokens: int, like: Tensor) -> LayerKV:
+    """One layer's buffers padded with zeros to at least `tokens` tokens (zeros shaped `like` if none)."""
+    if layers is None:
+        zeros = like.new_zeros(batch, tokens, *like.shape[2:])
+        return zeros, zeros
+    keys, values = layers[layer]
+    missing = tokens - keys.shape[1]
+    if missing > 0:
+        keys = torch.cat([keys, keys.new_zeros(batch, missing, *keys.shape[2:])], dim=1)
+        values = torch.cat([values, values.new_zeros(batch, missing, *values.shape[2:])], dim=1)
+    return keys, values

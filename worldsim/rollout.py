@@ -29,18 +29,25 @@ from worldsim.positions import block_positions
 class BlockWindow:
     """What the block being generated attends to, for every rollout of a batch."""
 
-    start: int  # rollout index of the block's first latent frame
+    starts: tuple[int, ...]  # per rollout: its rollout index of the block's first latent frame
     frames: int  # latent frames in the block
     positions: list[list[int]]  # per rollout: its held frames (padded to the cache's slots), then the block
     past: list[LayerKV] | None  # per layer the cached keys/values, (B, slots * tokens, heads, head_dim)
     key_mask: Tensor | None  # (B, (slots + frames) * tokens): which keys are real; None when all are
     flushed: tuple[bool, ...]  # per rollout: a KV Flush ran before this block (a prompt change or a cut)
     cut: tuple[bool, ...]  # per rollout: a RoPE Cut ran before this block
+    held: tuple[int, ...] = ()  # per rollout: the frames it holds in the cache (before this block)
 
     @property
     def batch(self) -> int:
         """Rollouts in the batch."""
         return len(self.positions)
+
+    def row_positions(self, row: int) -> list[int]:
+        """Rollout `row`'s positions without padding: its held frames, then the block."""
+        positions, held = self.positions[row], self.held[row]
+        padding = len(positions) - self.frames - held
+        return [*positions[:held], *positions[held + padding :]]
 
     def predict(
         self, model: CausalWanTransformer, latents: Tensor, timestep: Tensor, text: TextContext
@@ -66,36 +73,47 @@ class BlockWindow:
 
 
 def open_block(
-    cache: KVCache, config: EngineConfig, start: int, changed: Sequence[bool], cut: Sequence[bool]
+    cache: KVCache,
+    config: EngineConfig,
+    start: int | Sequence[int],
+    changed: Sequence[bool],
+    cut: Sequence[bool],
 ) -> BlockWindow:
     """Steps 1-2 of a block: flush or cut each rollout that asks for it; the window of the block at `start`.
 
-    changed[b]: rollout b's prompt changed before this block (a KV Flush if the engine flushes on a
-    change); cut[b]: rollout b cuts to a new scene (a RoPE Cut, with a flush). Before the first block
-    there is nothing to flush or cut.
+    start: the rollout index of the block's first frame, one for all rollouts or one per rollout
+    (rollouts of a batch that started over at different times); changed[b]: rollout b's prompt
+    changed before this block (a KV Flush if the engine flushes on a change); cut[b]: rollout b cuts
+    to a new scene (a RoPE Cut, with a flush). Before a rollout's first block there is nothing to
+    flush or cut.
     """
-    if len(changed) != cache.batch or len(cut) != cache.batch:
-        raise ValueError(f"{len(changed)} prompt changes and {len(cut)} cuts for {cache.batch} rollouts")
-    cuts = tuple(bool(c) and start > 0 for c in cut)
+    starts = (start,) * cache.batch if isinstance(start, int) else tuple(start)
+    if len(changed) != cache.batch or len(cut) != cache.batch or len(starts) != cache.batch:
+        raise ValueError(
+            f"{len(starts)} starts, {len(changed)} prompt changes and {len(cut)} cuts "
+            f"for {cache.batch} rollouts"
+        )
+    cuts = tuple(bool(c) and s > 0 for c, s in zip(cut, starts, strict=True))
     flushed = tuple(
-        c or (bool(p) and config.flush_on_prompt_change and start > 0)
-        for p, c in zip(changed, cuts, strict=True)
+        c or (bool(p) and config.flush_on_prompt_change and s > 0)
+        for p, c, s in zip(changed, cuts, starts, strict=True)
     )
     fresh = [b for b, c in enumerate(cuts) if c and not config.cut_keeps_sink]
     cache.clear(fresh)  # a fresh window: the cut block's first frame becomes the new sink
     cache.flush(config.flush_keep_frames, [b for b, f in enumerate(flushed) if f and b not in fresh])
     positions = [
-        block_positions(config, held, start, cut=c and config.cut_keeps_sink)
-        for held, c in zip(cache.held, cuts, strict=True)
+        block_positions(config, held, s, cut=c and config.cut_keeps_sink)
+        for held, s, c in zip(cache.held, starts, cuts, strict=True)
     ]
     return BlockWindow(
-        start=start,
+        starts=starts,
         frames=config.block_frames,
         positions=cache.pad_positions(positions),
         past=cache.layers(),
         key_mask=cache.key_mask(config.block_frames),
         flushed=flushed,
         cut=cuts,
+        held=tuple(len(h) for h in cache.held),
     )
 
 
@@ -109,4 +127,4 @@ def close_block(
 ) -> None:
     """Step 3 of a block: the context pass over the finished block; its keys/values go into the cache."""
     _, block_kv = window.predict(model, context, timestep, text)
-    cache.commit(block_kv, list(range(window.start, window.start + window.frames)))
+    cache.commit(block_kv, [list(range(s, s + window.frames)) for s in window.starts])

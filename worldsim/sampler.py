@@ -7,7 +7,7 @@ Wan's: sigma grid linspace(1, 0, 1001)[:-1], warped by the shift, ``t = 1000 sig
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -49,10 +49,26 @@ class FlowMatchSchedule:
 
 
 FlowFn = Callable[[Tensor, float], Tensor]  # (x_t, timestep) -> predicted flow
+# One generator for the whole batch, or one per rollout of the batch (each row drawn from its own).
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def gaussian(shape: Sequence[int], generator: Generators | None) -> Tensor:
+    """Standard normal float32 noise on the CPU, of `shape` (B, ...).
+
+    With one generator per row, row b is what `generator[b]` alone draws for a batch of one, so a
+    rollout draws the same numbers in a batch as on its own.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    row = (1, *shape[1:])
+    return torch.cat([torch.randn(row, generator=g, dtype=torch.float32) for g in generator])
 
 
 def sample_block(
-    flow_fn: FlowFn, schedule: FlowMatchSchedule, noise: Tensor, generator: torch.Generator
+    flow_fn: FlowFn, schedule: FlowMatchSchedule, noise: Tensor, generator: Generators
 ) -> Tensor:
     """Denoise `noise` (B, C, n, h, w) to a clean block x0; re-noising draws from `generator` (CPU)."""
     x = noise.float()
@@ -62,15 +78,15 @@ def sample_block(
         if i == len(steps) - 1:
             return x0
         next_sigma = steps[i + 1][0]
-        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+        eps = gaussian(x0.shape, generator).to(x0.device)
         x = (1.0 - next_sigma) * x0 + next_sigma * eps
     raise ValueError("the schedule has no steps")
 
 
-def renoise(x0: Tensor, timestep: int, generator: torch.Generator | None) -> Tensor:
+def renoise(x0: Tensor, timestep: int, generator: Generators | None) -> Tensor:
     """x0 noised to sigma = timestep / 1000, the level the model is told (0 returns x0 unchanged)."""
     if timestep == 0:
         return x0
     sigma = timestep / 1000.0
-    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+    eps = gaussian(x0.shape, generator).to(x0.device)
     return (1.0 - sigma) * x0 + sigma * eps

@@ -15,7 +15,7 @@ Steps 1, 2 and 4 are ``worldsim.rollout``'s, which training calls too.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,7 +28,7 @@ from models.streaming_vae import DecoderState, StreamingDecoder, to_uint8_frames
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
 from worldsim.rollout import BlockWindow, close_block, open_block
-from worldsim.sampler import renoise, sample_block
+from worldsim.sampler import Generators, gaussian, renoise, sample_block
 
 if TYPE_CHECKING:
     from worldsim.schedule import BlockEvent
@@ -103,7 +103,6 @@ class Session:
         self.config = config or world.config
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.schedule = self.config.schedule
         self.cache = KVCache(world.model.num_layers, self.config.kept_frames, self.config.sink_frames)
         self.decoder_state: DecoderState = world.decoder.new_state()
         self.block_index = 0  # blocks returned so far
@@ -176,7 +175,7 @@ class Session:
             frames=frames,
             latents=x0[0].cpu(),
             prompt=self.prompt,
-            positions=tuple(window.positions[0]),
+            positions=tuple(window.row_positions(0)),
             flushed=window.flushed[0],
             cut=window.cut[0],
             cache_frames=self.cache.frames(),
@@ -188,60 +187,31 @@ class Session:
 
     def _generate(self, noise: Tensor | None, changed: bool, cut: bool) -> tuple[Tensor, BlockWindow]:
         """Steps 2-4: the window, the denoised block and its commit; returns the block's clean latents."""
-        config, model = self.config, self.world.model
-        n = config.block_frames
-
-        # 2. KV Flush or RoPE Cut, and the window's temporal positions.
-        start = self.latent_frames
-        window = open_block(self.cache, config, start, changed=[changed], cut=[cut])
-
-        # 3. Denoise the block against the cache.
-        batch = torch.ones(1, device=model.device)
-        guidance = config.guidance_scale
-        if guidance == 1.0:
-
-            def flow(x: Tensor, timestep: float) -> Tensor:
-                return window.predict(model, x.to(model.dtype), batch * timestep, self._text)[0]
-
-        else:  # one call over (prompt, empty prompt); both attend to the same cache
-            if self._guided_text is None:  # once per prompt, not per block
-                self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
-            pair = self._guided_text
-
-            def flow(x: Tensor, timestep: float) -> Tensor:
-                both = window.predict(
-                    model, x.to(model.dtype).expand(2, -1, -1, -1, -1), batch.expand(2) * timestep, pair
-                )[0]
-                conditional, unconditional = both.float().chunk(2)
-                return unconditional + guidance * (conditional - unconditional)
-
+        guided = None
+        if self.config.guidance_scale != 1.0 and self._guided_text is None:  # once per prompt, not per block
+            self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
+        if self.config.guidance_scale != 1.0:
+            guided = self._guided_text
         if noise is None:
-            noise = torch.randn(self.world.latent_shape(n), generator=self.generator, dtype=torch.float32)
-        x0 = sample_block(flow, self.schedule, noise.to(model.device), self.generator)
-        if not bool(torch.isfinite(x0).all()):
-            raise NonFiniteError(
-                f"block {self.block_index}: the model made NaN or Inf latents "
-                "(broken weights, or settings the model cannot run with)"
-            )
-
-        # 4. Context pass: the clean block's keys/values are what the cache keeps.
-        context = renoise(x0, config.context_noise, self.generator)
-        close_block(
-            model, self.cache, window, context.to(model.dtype), batch * config.context_noise, self._text
+            noise = gaussian(self.world.latent_shape(self.config.block_frames), self.generator)
+        x0, window = generate_block(
+            self.world.model,
+            self.cache,
+            self.config,
+            BlockRequest([self.latent_frames], [changed], [cut], [f"block {self.block_index}"]),
+            self._text,
+            guided,
+            noise,
+            self.generator,
         )
-        self.latent_frames += n
+        self.latent_frames += self.config.block_frames
         return x0, window
 
     def _start_from_image(self, image: np.ndarray) -> None:
         """Latent frame 0 from a picture: committed as the sink and decoded, but not returned."""
-        model, config = self.world.model, self.config
-        latent = self.world.encode_image(image, config.image_still_latents)  # (1, C, 1, h, w)
-        one_frame = config.replace(block_frames=1)
-        window = open_block(self.cache, one_frame, 0, changed=[False], cut=[False])
-        timestep = torch.full((1,), float(config.context_noise), device=model.device)
-        context = renoise(latent.to(model.device), config.context_noise, self.generator)
-        close_block(model, self.cache, window, context.to(model.dtype), timestep, self._text)
-        self.world.decoder.decode(latent, self.decoder_state)
+        start_from_image(
+            self.world, self.cache, self.config, image, self._text, self.generator, self.decoder_state
+        )
         self.latent_frames = 1
 
     def clock(self) -> float:
@@ -249,6 +219,94 @@ class Session:
         if self.synchronize_timing and self.world.model.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter()
+
+
+def start_from_image(
+    world: Components,
+    cache: KVCache,
+    config: EngineConfig,
+    image: np.ndarray,
+    text: TextContext,
+    generator: torch.Generator,
+    decoder_state: DecoderState,
+) -> None:
+    """Latent frame 0 of a one-rollout `cache` from a fitted picture: committed as the sink, and decoded.
+
+    The picture, encoded by the world's VAE as a still clip (``image_still_latents``), gets a
+    context pass under the start prompt `text`; the decoder's state takes it in, so the first block
+    continues from it.
+    """
+    model = world.model
+    latent = world.encode_image(image, config.image_still_latents)  # (1, C, 1, h, w)
+    window = open_block(cache, config.replace(block_frames=1), 0, changed=[False], cut=[False])
+    timestep = torch.full((1,), float(config.context_noise), device=model.device)
+    context = renoise(latent.to(model.device), config.context_noise, generator)
+    close_block(model, cache, window, context.to(model.dtype), timestep, text)
+    world.decoder.decode(latent, decoder_state)
+
+
+@dataclass(frozen=True)
+class BlockRequest:
+    """What each rollout of a batch asks of its next block."""
+
+    starts: Sequence[int]  # rollout index of the block's first latent frame
+    changed: Sequence[bool]  # the prompt changed (a KV Flush)
+    cuts: Sequence[bool]  # a scene cut (RoPE Cut)
+    names: Sequence[str]  # how an error names the block ("block 7", "rollout 2, block 7")
+
+
+def generate_block(
+    model: CausalWanTransformer,
+    cache: KVCache,
+    config: EngineConfig,
+    request: BlockRequest,
+    text: TextContext,
+    guided: TextContext | None,
+    noise: Tensor,
+    generator: Generators,
+) -> tuple[Tensor, BlockWindow]:
+    """Steps 2-4 for a batch of rollouts: the window, the denoised block and its commit to the cache.
+
+    text: each rollout's prompt (B rows); guided: with guidance, the prompts followed by B empty
+    prompts; noise (B, C, n, h, w); generator: one, or one per rollout. Returns the block's clean
+    latents. NonFiniteError, naming the blocks, if the model makes NaN or Inf latents: then nothing
+    of the block is committed.
+    """
+    # 2. KV Flush or RoPE Cut, and the window's temporal positions.
+    window = open_block(cache, config, request.starts, changed=request.changed, cut=request.cuts)
+
+    # 3. Denoise the block against the cache.
+    batch = torch.ones(window.batch, device=model.device)
+    guidance = config.guidance_scale
+    if guidance == 1.0:
+
+        def flow(x: Tensor, timestep: float) -> Tensor:
+            return window.predict(model, x.to(model.dtype), batch * timestep, text)[0]
+
+    else:  # one call over (prompts, empty prompts); both attend to the same cache
+        if guided is None:
+            raise ValueError("guidance needs the prompts followed by the empty prompts")
+        pair = guided
+
+        def flow(x: Tensor, timestep: float) -> Tensor:
+            twice = x.to(model.dtype).repeat(2, 1, 1, 1, 1)
+            both = window.predict(model, twice, batch.repeat(2) * timestep, pair)[0]
+            conditional, unconditional = both.float().chunk(2)
+            return unconditional + guidance * (conditional - unconditional)
+
+    x0 = sample_block(flow, config.schedule, noise.to(model.device), generator)
+    finite = torch.isfinite(x0).flatten(1).all(dim=1).tolist()
+    if not all(finite):
+        bad = ", ".join(name for name, ok in zip(request.names, finite, strict=True) if not ok)
+        raise NonFiniteError(
+            f"{bad}: the model made NaN or Inf latents "
+            "(broken weights, or settings the model cannot run with)"
+        )
+
+    # 4. Context pass: the clean block's keys/values are what the cache keeps.
+    context = renoise(x0, config.context_noise, generator)
+    close_block(model, cache, window, context.to(model.dtype), batch * config.context_noise, text)
+    return x0, window
 
 
 def run_schedule(session: Session, events: Iterable[BlockEvent], blocks: int) -> Iterator[Block]:
