@@ -5,14 +5,17 @@ wrappers of ``envs.wrappers`` (recording replays); ``envs.procedural``: the grou
 probes, rewards and scenario (numpy only); ``envs.tiny``: the making of the built-in tiny model
 (training, evaluation).
 
-Importing this package registers ``worldsim/World-v0``, so ``gymnasium.make("envs:worldsim/World-v0")``
-works without importing anything first (Gymnasium 1.x has no plugin entry points). The environment
-module, and torch with it, is imported only when the environment is made.
+Importing this package registers ``worldsim/World-v0`` (with its native vector environment,
+``envs.vector_env``, for ``gymnasium.make_vec``) and its ground-truth twin ``worldsim/Procedural-v0``
+(``envs.procedural_env``), so ``gymnasium.make("envs:worldsim/World-v0")`` works without importing
+anything first (Gymnasium 1.x has no plugin entry points). The environment modules, and torch with
+them, are imported only when an environment is made.
 """
 
 from __future__ import annotations
 
 ENV_ID = "worldsim/World-v0"
+TWIN_ID = "worldsim/Procedural-v0"
 
 try:
     import gymnasium
@@ -20,4 +23,13 @@ except ImportError:  # the ground-truth world and probes need only numpy
     pass
 else:
     if ENV_ID not in gymnasium.registry:
-        gymnasium.register(id=ENV_ID, entry_point="envs.world_env:WorldEnv", max_episode_steps=1000)
+        gymnasium.register(
+            id=ENV_ID,
+            entry_point="envs.world_env:WorldEnv",
+            vector_entry_point="envs.vector_env:WorldVectorEnv",
+            max_episode_steps=1000,
+        )
+    if TWIN_ID not in gymnasium.registry:
+        gymnasium.register(
+            id=TWIN_ID, entry_point="envs.procedural_env:ProceduralEnv", max_episode_steps=1000
+        )

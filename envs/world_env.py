@@ -30,7 +30,7 @@ from worldsim.scenario import PromptChange, PromptState, Scenario, ScenarioError
 from worldsim.session import Block, Session
 from worldsim.world import World
 
-__all__ = ["TEXT_CHARSET", "WorldEnv", "load_world"]
+__all__ = ["TEXT_CHARSET", "WorldEnv", "block_info", "load_world", "open_world"]
 
 # Printable ASCII: what a text action may contain (space included, other whitespace not).
 TEXT_CHARSET = string.ascii_letters + string.digits + string.punctuation + " "
@@ -51,6 +51,44 @@ def load_world(model: str, device: str = "cpu", dtype: str = "float32") -> World
     if key not in _WORLDS:
         _WORLDS[key] = load(model, device=torch_device, dtype=torch_dtype)
     return _WORLDS[key]
+
+
+def open_world(
+    model: str,
+    scenario: str | None,
+    device: str,
+    dtype: str,
+    threads: int | str | None,
+    world: World | None = None,
+) -> tuple[World, Scenario]:
+    """The world (loaded once per process, or `world`) and its scenario, for an environment's arguments."""
+    if threads == "auto":
+        use_threads(None)
+    elif isinstance(threads, int) and not isinstance(threads, bool):
+        use_threads(threads)
+    elif threads is not None:
+        raise ValueError(f"threads must be 'auto', a whole number or None, not {threads!r}")
+    world = world if world is not None else load_world(model, device, dtype)
+    scenario = scenario or world.scenario
+    if scenario is None:
+        raise ValueError(
+            f"no scenario: the bundle {world.name!r} ships none, so pass scenario= "
+            "(a scenario TOML file, e.g. envs/procedural/scenario.toml)"
+        )
+    return world, load_scenario(scenario)
+
+
+def block_info(block: Block, action: str) -> dict[str, Any]:
+    """What an environment's `info` says of a block just generated."""
+    return {
+        "frames": block.frames,
+        "prompt": block.prompt,
+        "block": block.index,
+        "cache_frames": block.cache_frames,
+        "flushed": block.flushed,
+        "cut": block.cut,
+        "action": action,
+    }
 
 
 class WorldEnv(gymnasium.Env):
@@ -155,20 +193,7 @@ class WorldEnv(gymnasium.Env):
             )
         # Checked before loading anything, so a typo fails fast.
         self.reward_fn = resolve_reward(reward)
-        if threads == "auto":
-            use_threads(None)
-        elif isinstance(threads, int) and not isinstance(threads, bool):
-            use_threads(threads)
-        elif threads is not None:
-            raise ValueError(f"threads must be 'auto', a whole number or None, not {threads!r}")
-        self.world = world if world is not None else load_world(model, device, dtype)
-        scenario = scenario or self.world.scenario
-        if scenario is None:
-            raise ValueError(
-                f"no scenario: the bundle {self.world.name!r} ships none, so pass scenario= "
-                "(a scenario TOML file, e.g. envs/procedural/scenario.toml)"
-            )
-        self.scenario: Scenario = load_scenario(scenario)
+        self.world, self.scenario = open_world(model, scenario, device, dtype, threads, world)
         self.prompts = PromptState(self.scenario)
         self.render_mode = render_mode
         self.text_actions = text_actions
@@ -271,15 +296,7 @@ class WorldEnv(gymnasium.Env):
     def _observe(self, block: Block, action: str) -> tuple[np.ndarray, dict[str, Any]]:
         """The observation and info of a block just generated."""
         self.last_block = block
-        info = {
-            "frames": block.frames,
-            "prompt": block.prompt,
-            "block": block.index,
-            "cache_frames": block.cache_frames,
-            "flushed": block.flushed,
-            "cut": block.cut,
-            "action": action,
-        }
+        info = block_info(block, action)
         # A copy, so an agent that keeps observations does not hold the whole block's frames alive.
         return block.frames[-1].copy(), info
 

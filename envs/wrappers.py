@@ -1,4 +1,4 @@
-"""Wrappers for ``envs.world_env.WorldEnv``: behaviour on top of the environment, kept out of it."""
+"""Wrappers for ``envs.world_env.WorldEnv`` and its vector environment: behaviour kept out of them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from envs.vector_env import WorldVectorEnv
 from envs.world_env import WorldEnv
 from worldsim.replay import ReplayEvent, ReplayWriter, frames_digest
 
@@ -69,3 +70,84 @@ class RecordReplay(gymnasium.Wrapper):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class RecordVectorReplays(gymnasium.vector.VectorWrapper):
+    """Write a replay of every episode of every sub-environment of a ``WorldVectorEnv``.
+
+    ``path`` holds ``"{env}"`` (the sub-environment) and may hold ``"{episode}"`` (its episode
+    number, from 0). Each line is flushed as its block is generated. The rollouts ran in a batch,
+    whose float rounding differs from one session's, so the files carry no frame hashes (their
+    header says so); ``worldsim replay FILE`` regenerates each episode with a single session.
+
+        envs = RecordVectorReplays(gymnasium.make_vec("envs:worldsim/World-v0", num_envs=8,
+                                   vectorization_mode="vector_entry_point"), "runs/env{env}-{episode}.jsonl")
+    """
+
+    def __init__(self, env: gymnasium.vector.VectorEnv, path: str | Path) -> None:
+        super().__init__(env)
+        if not isinstance(env.unwrapped, WorldVectorEnv):
+            raise TypeError(
+                f"RecordVectorReplays records a WorldVectorEnv, not a {type(env.unwrapped).__name__}"
+            )
+        self.path = str(path)
+        if "{env}" not in self.path:
+            raise ValueError(
+                f"the replay path {self.path!r} must hold '{{env}}', one file per sub-environment"
+            )
+        folder = Path(self.path).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"cannot record to {self.path}: folder {folder} does not exist")
+        self.writers: list[ReplayWriter | None] = [None] * env.num_envs
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset and start a replay file for each sub-environment that was reset."""
+        obs, info = self.env.reset(**kwargs)
+        self._record(info, np.asarray(info["episode_step"]) == 0)
+        return obs, info
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step and record every sub-environment's block; a sub-environment that reset starts a new file."""
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        self._record(info, np.asarray(info["episode_step"]) == 0)
+        return obs, rewards, terminated, truncated, info
+
+    def close(self, **kwargs: Any) -> None:
+        """Close every replay file (all of it is already on disk) and the environment."""
+        for i in range(len(self.writers)):
+            self._close(i)
+        super().close(**kwargs)
+
+    def _record(self, info: dict[str, Any], started: np.ndarray) -> None:
+        world_env = self.env.unwrapped
+        assert isinstance(world_env, WorldVectorEnv) and world_env.batch is not None
+        scenario = str(Path(world_env.scenario.source).resolve())
+        final = info.get("final_info", {})
+        for i in range(world_env.num_envs):
+            ending = self.writers[i]
+            if final and info["_final_info"][i] and ending is not None:
+                # same-step autoreset: the ended episode's last block comes in final_info
+                self._write(i, final, ending)
+            if started[i]:
+                self._close(i)
+                path = self.path.replace("{env}", str(i)).replace("{episode}", str(world_env.episodes[i]))
+                rollout = world_env.batch.rollouts[i]
+                self.writers[i] = ReplayWriter(
+                    path, world_env.world, rollout, scenario, batch=(world_env.num_envs, i)
+                )
+            writer = self.writers[i]
+            if writer is not None and info["_block"][i]:
+                self._write(i, info, writer)
+
+    @staticmethod
+    def _write(i: int, info: dict[str, Any], writer: ReplayWriter) -> None:
+        event = ReplayEvent(
+            int(info["block"][i]), str(info["action"][i]), str(info["prompt"][i]), bool(info["cut"][i]), None
+        )
+        writer.write_event(event)
+
+    def _close(self, i: int) -> None:
+        writer = self.writers[i]
+        if writer is not None:
+            writer.close()
+            self.writers[i] = None

@@ -188,3 +188,26 @@ def test_decoding_rows_together_equals_decoding_each_alone() -> None:
     assert [v.shape[2] for v in ours] == [4, 1, 4]
     for mine, single in zip(ours, theirs, strict=True):
         assert float((mine - single).abs().max()) < 1e-5
+
+
+def test_stepping_some_rollouts_leaves_the_others_where_they_are() -> None:
+    config = EngineConfig(flush_keep_frames=1)
+    world = tiny_world(config)
+    batch = BatchSession(world, ["a meadow", "a desert", "a tundra"], [5, 6, 7], config=config)
+    first = batch.step()
+    batch.set_prompt(1, "a desert at night")
+    extra = batch.step([1])  # only rollout 1 moves (and flushes)
+    last = batch.step()
+    assert [b.index for b in first] == [0, 0, 0] and [b.index for b in extra] == [1]
+    assert [b.index for b in last] == [1, 2, 1]
+    for row, prompt, blocks in ((0, "a meadow", 2), (1, "a desert", 3), (2, "a tundra", 2)):
+        session = world.session(prompt, seed=5 + row, config=config)
+        made = []
+        for index in range(blocks):
+            if row == 1 and index == 1:
+                session.set_prompt("a desert at night")
+            made.append(session.step())
+        assert float((made[-1].latents - last[row].latents).abs().max()) < LATENT_ATOL
+        assert made[-1].positions == last[row].positions and made[-1].cache_frames == last[row].cache_frames
+    with pytest.raises(ValueError, match="distinct rollouts"):
+        batch.step([0, 0])

@@ -99,58 +99,71 @@ class BatchSession:
         self.cache.clear([row])
 
     @torch.no_grad()
-    def step(self) -> list[Block]:
-        """Generate, commit and decode the next block of every rollout; one Block per rollout.
+    def step(self, rows: Sequence[int] | None = None) -> list[Block]:
+        """Generate, commit and decode the next block of every rollout (or of `rows` only); a Block each.
 
-        NonFiniteError, naming the rollouts and blocks, if the model makes NaN or Inf latents.
+        The rollouts not in `rows` do not move. NonFiniteError, naming the rollouts and blocks, if
+        the model makes NaN or Inf latents.
         """
+        if rows is None or list(rows) == list(range(self.size)):
+            return self._step(list(range(self.size)), self.cache)
+        rows = list(rows)
+        if not rows or len(set(rows)) != len(rows) or not all(0 <= row < self.size for row in rows):
+            raise ValueError(f"rows must be distinct rollouts of 0..{self.size - 1}, not {rows}")
+        cache = self.cache.take(rows)
+        blocks = self._step(rows, cache)
+        self.cache.put(rows, cache)
+        return blocks
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _step(self, rows: list[int], cache: KVCache) -> list[Block]:
+        """One block of the rollouts `rows`, whose keys/values `cache` holds (its row k is rows[k])."""
         started = time.perf_counter()
-        fresh = [row for row, r in enumerate(self.rollouts) if r.latent_frames == 0]
-        for row in fresh:  # before the first block a new prompt is simply the start prompt
-            r = self.rollouts[row]
-            if r.pending_prompt is not None:
+        rollouts = [self.rollouts[row] for row in rows]
+        for r in rollouts:  # before the first block a new prompt is simply the start prompt
+            if r.latent_frames == 0 and r.pending_prompt is not None:
                 r.prompt = r.start_prompt = r.pending_prompt
                 r.text, r.pending_prompt, r.pending_cut = None, None, False
+        fresh = [k for k, r in enumerate(rollouts) if r.latent_frames == 0]
         if fresh:
-            self._begin(fresh)
+            self._begin(rows, cache, fresh)
 
         # 1. Prompt changes -> new text keys/values (a KV Flush in step 2); scene changes -> RoPE Cuts.
         changed = []
-        for r in self.rollouts:
+        for r in rollouts:
             change = r.pending_prompt is not None and r.pending_prompt != r.prompt
             if change and r.pending_prompt is not None:
                 r.prompt, r.text = r.pending_prompt, None
             changed.append(change)
-        cuts = [r.pending_cut for r in self.rollouts]
-        x0, window = self._generate(list(range(self.size)), self.cache, changed, cuts)
-        for r in self.rollouts:
+        cuts = [r.pending_cut for r in rollouts]
+        x0, window = self._generate(rows, cache, changed, cuts)
+        for r in rollouts:
             r.pending_prompt, r.pending_cut = None, False
         denoised = time.perf_counter()
 
         # 5. Decode, every rollout with its own state.
-        videos = self.world.decoder.decode_rows(x0, [r.decoder_state for r in self.rollouts])
+        videos = self.world.decoder.decode_rows(x0, [r.decoder_state for r in rollouts])
         frames = [to_uint8_frames(video)[0].cpu().numpy() for video in videos]  # (T, H, W, 3) each
         decoded = time.perf_counter()
 
         blocks = []
-        for row, r in enumerate(self.rollouts):
+        for k, r in enumerate(rollouts):
             blocks.append(
                 Block(
                     index=r.block_index,
-                    frames=frames[row],
-                    latents=x0[row].cpu(),
+                    frames=frames[k],
+                    latents=x0[k].cpu(),
                     prompt=r.prompt,
-                    positions=tuple(window.row_positions(row)),
-                    flushed=window.flushed[row],
-                    cut=window.cut[row],
-                    cache_frames=self.cache.frames(row),
+                    positions=tuple(window.row_positions(k)),
+                    flushed=window.flushed[k],
+                    cut=window.cut[k],
+                    cache_frames=cache.frames(k),
                     seconds={"transformer": denoised - started, "decode": decoded - denoised},
                 )
             )
             r.block_index += 1
         return blocks
-
-    # ------------------------------------------------------------------------------------------------
 
     def _fresh(self, prompt: str, seed: int, start_image: np.ndarray | None = None) -> Rollout:
         return Rollout(
@@ -163,28 +176,31 @@ class BatchSession:
             start_image=None if start_image is None else self.world.fit_image(start_image),
         )
 
-    def _begin(self, rows: list[int]) -> None:
-        """Start fresh rollouts: from their picture, or through the engine's lead-in blocks (not returned).
+    def _begin(self, rows: list[int], cache: KVCache, fresh: list[int]) -> None:
+        """Start the fresh rollouts (positions `fresh` of `rows` and `cache`): from their picture, or
+        through the engine's lead-in blocks, which are not returned.
 
         They run on a cache of their own, so the other rollouts do not move, and then take their rows.
         """
-        pictured = [row for row in rows if self.rollouts[row].start_image is not None]
-        for row in pictured:
-            r, cache = self.rollouts[row], self.cache.take([row])
+        pictured = [k for k in fresh if self.rollouts[rows[k]].start_image is not None]
+        for k in pictured:
+            r, own = self.rollouts[rows[k]], cache.take([k])
             assert r.start_image is not None
             start_from_image(
-                self.world, cache, self.config, r.start_image, self._text(row), r.generator, r.decoder_state
+                self.world, own, self.config, r.start_image, self._text(rows[k]), r.generator, r.decoder_state
             )
             r.latent_frames = 1
-            self.cache.put([row], cache)
-        plain = [row for row in rows if row not in pictured]
+            cache.put([k], own)
+        plain = [k for k in fresh if k not in pictured]
         if plain and self.config.lead_in_blocks:
-            cache = self.cache.take(plain)
-            states = [self.rollouts[row].decoder_state for row in plain]
+            own = cache.take(plain)
+            states = [self.rollouts[rows[k]].decoder_state for k in plain]
             for _ in range(self.config.lead_in_blocks):
-                x0, _ = self._generate(plain, cache, [False] * len(plain), [False] * len(plain))
+                x0, _ = self._generate(
+                    [rows[k] for k in plain], own, [False] * len(plain), [False] * len(plain)
+                )
                 self.world.decoder.decode_rows(x0, states)
-            self.cache.put(plain, cache)
+            cache.put(plain, own)
 
     def _text(self, row: int) -> TextContext:
         r = self.rollouts[row]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import platform
 import resource
 import statistics
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from worldsim.batch import BatchSession
+from worldsim.session import Session
 from worldsim.world import World
 
 
@@ -96,6 +100,101 @@ def run_bench(
         torch=torch.__version__,
         memory_by_stage_mb=memory,
     )
+
+
+@dataclass(frozen=True)
+class BatchBenchRow:
+    """Throughput of N rollouts stepped together (batched) or one after another (as N separate envs)."""
+
+    rollouts: int
+    mode: str  # "batched": one BatchSession; "one by one": N sessions stepped in turn (a SyncVectorEnv)
+    steps_per_s: float  # rollout steps (blocks, an env step each) per second, all rollouts together
+    fps: float  # video frames per second, all rollouts together
+    step_ms: float  # wall time of one step of all rollouts, median
+    transformer_ms: float  # of which denoising and the context pass, median
+    decode_ms: float  # of which decoding, median
+    peak_mem_mb: float  # CUDA: max allocated in this run; CPU: the process's peak resident set so far
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return asdict(self)
+
+
+def run_batch_bench(
+    world: World,
+    sizes: Sequence[int],
+    steps: int = 6,
+    seed: int = 0,
+    one_by_one: bool = True,
+    prompts: Sequence[str] = ("a walk through a forest", "a walk through a forest, at night"),
+) -> list[BatchBenchRow]:
+    """Time `steps` steps (after two warm-up steps) of N rollouts for each N in `sizes`, batched and
+    (with `one_by_one`) as N sessions stepped in turn. Rollout r changes its prompt every fourth
+    step, at its own phase, so flushed and unflushed rollouts share the batch as they do in an env.
+    """
+    if steps < 1 or not sizes or min(sizes) < 1:
+        raise ValueError("the batch bench needs at least one step and rollouts >= 1")
+    device = world.model.device
+    rows = []
+    for size in sizes:
+        modes = ["batched", "one by one"] if one_by_one else ["batched"]
+        for mode in modes:
+            _stage_peak_mb(device)
+            seeds = [seed + r for r in range(size)]
+            if mode == "batched":
+                batch = BatchSession(world, [prompts[0]] * size, seeds)
+                sessions: list[Session] = []
+            else:
+                sessions = [world.session(prompts[0], seed=s) for s in seeds]
+            times, transformer, decode, frames = [], [], [], 0
+            for step in tqdm(range(steps + 2), desc=f"{mode} x{size}", unit="step", leave=False):
+                changes = [r for r in range(size) if (step + r) % 4 == 0 and step > 0]
+                prompt = prompts[(step // 4) % len(prompts)]
+                started = time.perf_counter()
+                if mode == "batched":
+                    for r in changes:
+                        batch.set_prompt(r, prompt)
+                    blocks = batch.step()
+                else:
+                    for r in changes:
+                        sessions[r].set_prompt(prompt)
+                    blocks = [s.step() for s in sessions]
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if step >= 2:
+                    times.append(time.perf_counter() - started)
+                    seconds = [b.seconds for b in blocks] if mode != "batched" else [blocks[0].seconds]
+                    transformer.append(sum(s["transformer"] for s in seconds))
+                    decode.append(sum(s["decode"] for s in seconds))
+                    frames += sum(b.frames.shape[0] for b in blocks)
+            total = sum(times)
+            rows.append(
+                BatchBenchRow(
+                    rollouts=size,
+                    mode=mode,
+                    steps_per_s=size * steps / total,
+                    fps=frames / total,
+                    step_ms=1000 * statistics.median(times),
+                    transformer_ms=1000 * statistics.median(transformer),
+                    decode_ms=1000 * statistics.median(decode),
+                    peak_mem_mb=_stage_peak_mb(device),
+                )
+            )
+    return rows
+
+
+def format_batch_result(rows: Sequence[BatchBenchRow]) -> str:
+    """A table of the batch bench, one line per (rollouts, mode)."""
+    header = f"{'rollouts':>8}  {'mode':<10}  {'steps/s':>8}  {'frames/s':>8}  {'step ms':>8}  "
+    header += f"{'transf. ms':>10}  {'decode ms':>9}  {'peak MiB':>8}"
+    lines = [header]
+    for row in rows:
+        lines.append(
+            f"{row.rollouts:>8}  {row.mode:<10}  {row.steps_per_s:>8.1f}  {row.fps:>8.1f}  "
+            f"{row.step_ms:>8.0f}  {row.transformer_ms:>10.0f}  {row.decode_ms:>9.0f}  "
+            f"{row.peak_mem_mb:>8.0f}"
+        )
+    return "\n".join(lines)
 
 
 def _stage_peak_mb(device: torch.device) -> float:

@@ -100,7 +100,15 @@ class SessionStart(Protocol):
 class ReplayWriter:
     """Writes a session's header and then one line per block, flushed at once."""
 
-    def __init__(self, path: str | Path, world: World, session: SessionStart, scenario: str = "") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        world: World,
+        session: SessionStart,
+        scenario: str = "",
+        batch: tuple[int, int] | None = None,
+    ) -> None:
+        """`batch`: (rollouts, row) when the session is one rollout of a ``worldsim.batch.BatchSession``."""
         import torch
 
         self.path = Path(path)
@@ -124,6 +132,7 @@ class ReplayWriter:
                 "torch": torch.__version__,
                 "dtype": str(world.model.dtype).removeprefix("torch."),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **({} if batch is None else {"batch": {"rollouts": batch[0], "row": batch[1]}}),
             }
         )
 
@@ -217,6 +226,18 @@ def _check_header(path: Path, header: dict[str, Any]) -> None:
     for key in ("source", "scenario", "start_image"):
         if header.get(key) is not None and not isinstance(header[key], str):
             raise ReplayError(f"{path}: the header's '{key}' must be a string, not {header[key]!r}")
+    batch = header.get("batch")
+    if batch is not None and not (
+        isinstance(batch, dict)
+        and all(
+            isinstance(batch.get(k), int) and not isinstance(batch.get(k), bool) for k in ("rollouts", "row")
+        )
+        and 0 <= batch["row"] < batch["rollouts"]
+    ):
+        raise ReplayError(
+            f"{path}: the header's 'batch' must be an object with whole numbers 'rollouts' and 'row' "
+            f"(row < rollouts), not {batch!r}"
+        )
     if header.get("start_image") is not None:
         try:
             decode_png(header["start_image"])

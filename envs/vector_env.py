@@ -1,0 +1,258 @@
+"""N worlds in one batched rollout: the native vector environment of ``worldsim/World-v0``.
+
+    envs = gymnasium.make_vec("envs:worldsim/World-v0", num_envs=32, vectorization_mode="vector_entry_point",
+                              reward="travel_east", max_episode_steps=200)
+    obs, info = envs.reset(seed=0)                     # obs (32, H, W, 3) uint8
+    obs, rewards, terminated, truncated, info = envs.step(envs.action_space.sample())
+
+Every step generates one block for every sub-environment with one model call per denoising step
+(``worldsim.batch.BatchSession``), instead of N calls. Each sub-environment is the single
+``WorldEnv``: the same spaces, scenario, actions, rewards and info keys, and ``reset(seed=s)``
+seeds sub-environment i as ``WorldEnv.reset(seed=s + i)`` would, so its rollout is the one a
+single environment makes (up to the float rounding of batched kernels).
+
+Episodes end by ``max_episode_steps`` (truncation; the world never terminates). Autoreset is
+Gymnasium's default next-step mode: the step after an episode ends resets that sub-environment,
+ignores its action and returns its first observation with reward 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs.procedural.rewards import RewardFn, resolve_reward
+from envs.world_env import block_info, open_world
+from worldsim.batch import BatchSession
+from worldsim.scenario import PromptState, ScenarioError
+from worldsim.session import Block
+from worldsim.world import World
+
+__all__ = ["WorldVectorEnv"]
+
+
+class WorldVectorEnv(VectorEnv):
+    """``num_envs`` copies of ``WorldEnv`` stepped as one batch of rollouts on one loaded world.
+
+    Arguments are ``WorldEnv``'s (``model``, ``scenario``, ``device``, ``dtype``, ``threads``,
+    ``reward``, ``world``), with ``num_envs``, ``max_episode_steps`` (1000 by default, as
+    registered) and ``render_mode`` (``"rgb_array"``: ``render()`` returns a tuple of every
+    sub-environment's last frame, as ``SyncVectorEnv`` does). Actions are the scenario's action
+    indices, one per sub-environment.
+
+    ``info`` holds, per key of ``WorldEnv``'s info, an array over the sub-environments (``frames``
+    is (N, T, H, W, 3) uint8) and the ``_key`` mask Gymnasium's vector info convention asks for,
+    plus ``episode_step``. To record each sub-environment's episodes as replays, wrap it in
+    ``envs.wrappers.RecordVectorReplays``.
+    """
+
+    metadata: dict[str, Any] = {  # noqa: RUF012
+        "render_modes": ["rgb_array"],
+        "render_fps": 16,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        model: str = "tiny",
+        scenario: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | str | None = "auto",
+        reward: str | RewardFn | None = None,
+        max_episode_steps: int | None = 1000,
+        render_mode: str | None = None,
+        world: World | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+    ) -> None:
+        try:
+            self.autoreset_mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            known = ", ".join(repr(m.value) for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP))
+            raise ValueError(f"unknown autoreset_mode {autoreset_mode!r}; known: {known}") from None
+        if self.autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(
+                f"autoreset_mode {self.autoreset_mode.value!r} is not supported; use NextStep or SameStep"
+            )
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive whole number, not {num_envs!r}")
+        if max_episode_steps is not None and (
+            not isinstance(max_episode_steps, int) or max_episode_steps < 1
+        ):
+            raise ValueError(
+                f"max_episode_steps must be a positive whole number or None, not {max_episode_steps!r}"
+            )
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unknown render_mode {render_mode!r}; vector worlds render 'rgb_array' only")
+        self.reward_fn = resolve_reward(reward)
+        self.world, self.scenario = open_world(model, scenario, device, dtype, threads, world)
+        self.num_envs = num_envs
+        self.max_episode_steps = max_episode_steps
+        self.render_mode = render_mode
+        fps = float(self.world.config.fps)
+        self.metadata = {
+            **self.metadata,
+            "render_fps": int(fps) if fps.is_integer() else fps,
+            "autoreset_mode": self.autoreset_mode,
+        }
+
+        height, width = self.world.height, self.world.width
+        self.single_observation_space = spaces.Box(0, 255, (height, width, 3), np.uint8)
+        self.single_action_space = spaces.Discrete(len(self.scenario.actions))
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        self.prompts = [PromptState(self.scenario) for _ in range(num_envs)]
+        self.batch: BatchSession | None = None
+        self.episode_steps = np.zeros(num_envs, np.int64)
+        self.episodes = np.full(num_envs, -1, np.int64)  # episode number of each sub-environment
+        self.autoreset = np.zeros(num_envs, bool)  # the next step resets these
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        self.last_blocks: list[Block] = []
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every sub-environment and generate their first blocks.
+
+        `seed`: an int seeds sub-environment i with seed + i; a list gives one seed (or None) each.
+        Sub-environments reset on their own through autoreset, so there is no partial reset.
+        """
+        if options:
+            raise ValueError(f"WorldVectorEnv.reset takes no options, got {sorted(options)}")
+        for i, one_seed in enumerate(self._seeds(seed)):
+            if one_seed is not None:
+                self._rngs[i] = seeding.np_random(one_seed)[0]
+        session_seeds = [self._start_episode(i) for i in range(self.num_envs)]
+        self.batch = BatchSession(self.world, [p.prompt for p in self.prompts], session_seeds)
+        blocks = self.batch.step()
+        self.last_blocks = blocks
+        infos = [self._info(i, block, self.scenario.noop) for i, block in enumerate(blocks)]
+        return np.stack([block.frames[-1] for block in blocks]), self._vector_info(infos)
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Apply each sub-environment's action (or reset it, if its episode ended); a block each."""
+        if self.batch is None:
+            raise gymnasium.error.ResetNeeded("call reset() before step()")
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"expected {self.num_envs} actions, got an array of shape {actions.shape}")
+        resetting = self.autoreset.copy()  # next-step autoreset: these start over now
+        names = []
+        for i, action in enumerate(actions):
+            if resetting[i]:
+                self._restart(i)
+                names.append(self.scenario.noop)
+                continue
+            try:
+                change = self.prompts[i].apply(int(action))
+            except (ScenarioError, ValueError, TypeError) as err:
+                raise ValueError(f"sub-environment {i}: {err}") from None
+            self.batch.follow(i, change.prompt, change.cut)
+            names.append(change.action)
+        blocks = self.batch.step()
+        self.episode_steps[~resetting] += 1
+        infos = [
+            self._info(i, block, name) for i, (block, name) in enumerate(zip(blocks, names, strict=True))
+        ]
+        rewards = np.zeros(self.num_envs, np.float64)
+        if self.reward_fn is not None:
+            for i, block in enumerate(blocks):
+                if not resetting[i]:
+                    rewards[i] = float(self.reward_fn(block.frames, infos[i]))
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = np.zeros(self.num_envs, bool)
+        if self.max_episode_steps is not None:
+            truncated = (self.episode_steps >= self.max_episode_steps) & ~resetting
+        done = terminated | truncated
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and done.any():
+            # The ended episodes start over in this step: their first blocks, the others standing still.
+            ended = [int(i) for i in np.flatnonzero(done)]
+            for i in ended:
+                self._restart(i)
+            for i, block in zip(ended, self.batch.step(ended), strict=True):
+                final_obs, final_info = blocks[i].frames[-1].copy(), infos[i]
+                blocks[i] = block
+                infos[i] = {
+                    **self._info(i, block, self.scenario.noop),
+                    "final_obs": final_obs,
+                    "final_info": final_info,
+                }
+        else:
+            self.autoreset = done
+        self.last_blocks = blocks
+        observations = np.stack([block.frames[-1] for block in blocks])
+        return observations, rewards, terminated, truncated, self._vector_info(infos)
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """Every sub-environment's last frame, (H, W, 3) uint8 each, with render_mode "rgb_array"."""
+        if self.render_mode is None:
+            gymnasium.logger.warn("render() was called without a render_mode; pass render_mode='rgb_array'")
+            return None
+        if not self.last_blocks:
+            raise gymnasium.error.ResetNeeded("call reset() before render()")
+        return tuple(block.frames[-1].copy() for block in self.last_blocks)
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _seeds(self, seed: int | list[int | None] | None) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            return [int(seed) + i for i in range(self.num_envs)]
+        if isinstance(seed, (list, tuple)) and len(seed) == self.num_envs:
+            return list(seed)
+        raise ValueError(f"seed must be an int, None or a list of {self.num_envs} seeds, not {seed!r}")
+
+    def _restart(self, i: int) -> None:
+        """Sub-environment i starts a new episode at the next block, from the scenario's start prompt."""
+        assert self.batch is not None
+        session_seed = self._start_episode(i)
+        self.batch.restart(i, self.prompts[i].prompt, session_seed)
+
+    def _start_episode(self, i: int) -> int:
+        """Begin sub-environment i's next episode; returns its session's seed, drawn as WorldEnv draws it."""
+        self.prompts[i].reset()
+        self.episode_steps[i] = 0
+        self.episodes[i] += 1
+        self.autoreset[i] = False
+        return int(self._rngs[i].integers(2**31))
+
+    def _info(self, i: int, block: Block, action: str) -> dict[str, Any]:
+        """Sub-environment i's info for a block: WorldEnv's, and its step in the episode."""
+        return {**block_info(block, action), "episode_step": int(self.episode_steps[i])}
+
+    def _vector_info(self, infos: list[dict[str, Any]]) -> dict[str, Any]:
+        """Gymnasium's vector info: per key an array over the sub-environments and a ``_key`` mask."""
+        merged: dict[str, Any] = {}
+        keys = list(dict.fromkeys(key for info in infos for key in info))
+        for key in keys:
+            present = np.array([key in info for info in infos])
+            values = [info.get(key) for info in infos]
+            shown = [v for v in values if v is not None]
+            if all(isinstance(v, dict) for v in shown):
+                merged[key] = self._vector_info([v if isinstance(v, dict) else {} for v in values])
+            elif all(isinstance(v, np.ndarray) for v in shown) and len({v.shape for v in shown}) == 1:
+                array = np.zeros((self.num_envs, *shown[0].shape), shown[0].dtype)
+                for i, v in enumerate(values):
+                    if v is not None:
+                        array[i] = v
+                merged[key] = array
+            elif all(isinstance(v, (bool, np.bool_)) for v in shown):
+                merged[key] = np.array([bool(v) for v in values])
+            elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shown):
+                merged[key] = np.array([0 if v is None else int(v) for v in values], np.int64)
+            else:
+                objects = np.empty(self.num_envs, dtype=object)
+                for i, v in enumerate(values):
+                    objects[i] = v
+                merged[key] = objects
+            merged[f"_{key}"] = present
+        return merged
