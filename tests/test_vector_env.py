@@ -173,3 +173,22 @@ def test_the_twin_follows_actions_with_the_built_in_rewards() -> None:
     assert np.array_equal(first, ProceduralEnv().reset(seed=1)[0])
     with pytest.raises(ValueError, match="out of range"):
         twin.step(99)
+
+
+@pytest.mark.slow
+def test_stable_baselines3_ppo_learns_on_the_batched_world(tmp_path: Path) -> None:
+    """A short PPO run of stable-baselines3 (the [agents] extra) on the vector env, through envs.sb3."""
+    sb3 = pytest.importorskip("stable_baselines3", reason="stable-baselines3 is the [agents] extra")
+    from envs.sb3 import SB3VecEnv
+
+    vector = make_world_vector(max_episode_steps=4, autoreset_mode="SameStep", reward="travel_east")
+    env = SB3VecEnv(vector)
+    model = sb3.PPO("CnnPolicy", env, n_steps=8, batch_size=12, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=48)
+    assert model.num_timesteps >= 48
+    obs = env.reset()
+    actions, _ = model.predict(obs, deterministic=True)
+    assert actions.shape == (N,) and all(0 <= a < 12 for a in actions)
+    model.save(tmp_path / "ppo")
+    with pytest.raises(ValueError, match="SameStep"):
+        SB3VecEnv(make_world_vector())
