@@ -182,6 +182,28 @@ class CausalWanTransformer(nn.Module):
             values.append(attn.to_v(context).unflatten(2, (self.heads, -1)))
         return TextContext(tuple(keys), tuple(values))
 
+    def rotate_past(
+        self,
+        past: Sequence[LayerKV],
+        temporal_positions: Sequence[float] | Sequence[Sequence[float]],
+        latent_size: tuple[int, int],
+    ) -> list[Tensor]:
+        """Per layer the past keys rotated to their window positions, for ``forward(rotated_past=...)``.
+
+        temporal_positions: the window's positions as ``forward`` takes them (past frames, then the
+        block's); latent_size: (height, width) of a latent frame.
+        """
+        _, p_h, p_w = self.patch_size
+        grid_h, grid_w = latent_size[0] // p_h, latent_size[1] // p_w
+        past_tokens = past[0][0].shape[1]
+        per_sample = isinstance(temporal_positions[0], Sequence)
+        lists = cast(Sequence[Sequence[float]], temporal_positions if per_sample else [temporal_positions])
+        tables = [self.rope.tables(p, grid_h, grid_w, past[0][0].device) for p in lists]
+        cos = torch.cat([t.cos[:, :past_tokens] for t in tables])
+        sin = torch.cat([t.sin[:, :past_tokens] for t in tables])
+        rope_past = RopeTables(cos, sin)
+        return [apply_rope(keys, rope_past) for keys, _ in past]
+
     def forward(
         self,
         latents: Tensor,
@@ -190,6 +212,7 @@ class CausalWanTransformer(nn.Module):
         temporal_positions: Sequence[float] | Sequence[Sequence[float]],
         past: Sequence[LayerKV] | None = None,
         key_mask: Tensor | None = None,
+        rotated_past: Sequence[Tensor] | None = None,
     ) -> tuple[Tensor, list[LayerKV]]:
         """Predict the flow of one block and return it with the block's un-rotated K/V per layer.
 
@@ -197,7 +220,9 @@ class CausalWanTransformer(nn.Module):
         temporal_positions: one position per frame of the window, past frames first, the block's
         n frames last (or one such list per batch element); past: per layer (keys, values) of the
         past frames, (B, F_past*tokens, heads, hd); key_mask: (B, (F_past + n)*tokens) bool, which
-        keys of the window are real (None: all), for batches whose elements hold different pasts.
+        keys of the window are real (None: all), for batches whose elements hold different pasts;
+        rotated_past: per layer the past keys already rotated to their positions
+        (``rotate_past``), for calls that share a window: the same bits, rotated once.
         """
         t = self.transformer
         batch, _, frames, height, width = latents.shape
@@ -240,8 +265,14 @@ class CausalWanTransformer(nn.Module):
 
         # 4. Transformer blocks.
         new_kv: list[LayerKV] = []
+        rope_past = RopeTables(rope_k.cos[:, :query_start], rope_k.sin[:, :query_start])
         for layer, block in enumerate(t.blocks):
-            layer_past = None if past is None else past[layer]
+            past_keys = past_values = None
+            if past is not None:
+                past_values = past[layer][1]
+                past_keys = (
+                    rotated_past[layer] if rotated_past is not None else apply_rope(past[layer][0], rope_past)
+                )
             x, kv = self._block(
                 block,
                 x,
@@ -249,8 +280,8 @@ class CausalWanTransformer(nn.Module):
                 text.keys[layer],
                 text.values[layer],
                 rope_q,
-                rope_k,
-                layer_past,
+                past_keys,
+                past_values,
                 key_mask,
             )
             new_kv.append(kv)
@@ -273,11 +304,15 @@ class CausalWanTransformer(nn.Module):
         text_keys: Tensor,
         text_values: Tensor,
         rope_q: RopeTables,
-        rope_k: RopeTables,
-        past: LayerKV | None,
+        past_keys: Tensor | None,
+        past_values: Tensor | None,
         key_mask: Tensor | None,
     ) -> tuple[Tensor, LayerKV]:
-        """One Wan block: self-attention over the window, cross-attention to text, feed-forward."""
+        """One Wan block: self-attention over the window, cross-attention to text, feed-forward.
+
+        past_keys are rotated to their positions already; the block's own keys are rotated here
+        with the queries' tables (the block is the window's last frames).
+        """
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             block.scale_shift_table + modulation.float()
         ).chunk(6, dim=1)  # (B, 1, dim) each
@@ -288,12 +323,13 @@ class CausalWanTransformer(nn.Module):
         query = attn.norm_q(attn.to_q(h)).unflatten(2, (self.heads, -1))  # (B, S, heads, hd)
         key = attn.norm_k(attn.to_k(h)).unflatten(2, (self.heads, -1))
         value = attn.to_v(h).unflatten(2, (self.heads, -1))
-        if past is not None:
-            all_keys = torch.cat([past[0], key], dim=1)  # (B, S_past + S, heads, hd)
-            all_values = torch.cat([past[1], value], dim=1)
+        rotated_key = apply_rope(key, rope_q)
+        if past_keys is not None and past_values is not None:
+            all_keys = torch.cat([past_keys, rotated_key], dim=1)  # (B, S_past + S, heads, hd)
+            all_values = torch.cat([past_values, value], dim=1)
         else:
-            all_keys, all_values = key, value
-        out = self.attention(apply_rope(query, rope_q), apply_rope(all_keys, rope_k), all_values, key_mask)
+            all_keys, all_values = rotated_key, value
+        out = self.attention(apply_rope(query, rope_q), all_keys, all_values, key_mask)
         out = attn.to_out[0](out.flatten(2, 3).type_as(query))
         x = (x.float() + out * gate_msa).type_as(x)
 

@@ -101,3 +101,25 @@ def test_per_sample_positions_equal_separate_calls() -> None:
             past = [(k[b : b + 1], v[b : b + 1]) for k, v in kv]
             alone, _ = model(latents[b : b + 1, :, 3:], t[b : b + 1], ctx, first[b], past)
             torch.testing.assert_close(batched[b : b + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_past_keys_rotated_once_give_the_same_bits() -> None:
+    """forward(rotated_past=rotate_past(...)) is forward(past) exactly, per-sample positions and masks too."""
+    model = CausalWanTransformer(tiny_transformer())
+    torch.manual_seed(2)
+    batch, tokens = 2, 16
+    past = [(torch.randn(batch, 3 * tokens, 2, 12), torch.randn(batch, 3 * tokens, 2, 12)) for _ in range(2)]
+    latents, timestep = torch.randn(batch, 4, 1, 8, 8), torch.tensor([500.0, 250.0])
+    text = model.encode_text(torch.randn(batch, 5, 16))
+    mask = torch.ones(batch, 4 * tokens, dtype=torch.bool)
+    mask[0, 2 * tokens : 3 * tokens] = False  # rollout 0 holds one frame fewer
+    for positions, key_mask in (([0, 1, 2, 3], None), ([[0, 1, 0, 2], [0, 1, 2, 3]], mask)):
+        with torch.no_grad():
+            plain, plain_kv = model(latents, timestep, text, positions, past, key_mask)
+            rotated = model.rotate_past(past, positions, (8, 8))
+            once, once_kv = model(latents, timestep, text, positions, past, key_mask, rotated_past=rotated)
+        assert torch.equal(plain, once)
+        assert all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            for a, b in zip(plain_kv, once_kv, strict=True)
+        )

@@ -15,8 +15,10 @@ bit-identical):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from models.causal_wan import CausalWanTransformer, LayerKV, TextContext
@@ -37,6 +39,8 @@ class BlockWindow:
     flushed: tuple[bool, ...]  # per rollout: a KV Flush ran before this block (a prompt change or a cut)
     cut: tuple[bool, ...]  # per rollout: a RoPE Cut ran before this block
     held: tuple[int, ...] = ()  # per rollout: the frames it holds in the cache (before this block)
+    # per number of copies: the past, key mask and rotated past keys that the window's calls share
+    _prepared: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def batch(self) -> int:
@@ -60,16 +64,28 @@ class BlockWindow:
         copies = latents.shape[0] // self.batch
         if copies * self.batch != latents.shape[0]:
             raise ValueError(f"a call over {latents.shape[0]} latents for a window of {self.batch} rollouts")
-        past, key_mask = self.past, self.key_mask
-        if copies > 1 and past is not None:
-            if self.batch == 1:  # a view, no copy
-                past = [(k.expand(copies, -1, -1, -1), v.expand(copies, -1, -1, -1)) for k, v in past]
-            else:
-                past = [(k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)) for k, v in past]
-            key_mask = None if key_mask is None else key_mask.repeat(copies, 1)
         # one rollout: one position list serves every copy
         positions = self.positions[0] if self.batch == 1 else self.positions * copies
-        return model(latents, timestep, text, positions, past, key_mask)
+        if torch.is_grad_enabled():  # training: every call builds its own graph from the cache
+            return model(
+                latents, timestep, text, positions, _copied(self.past, copies), self._key_mask(copies)
+            )
+        # Inference: the sampler's steps and the context pass share this window, so its past keys
+        # are rotated (and copied for guidance) once, not once a call: the same bits.
+        prepared = self._prepared.get(copies)
+        if prepared is None:
+            rotated = None
+            if self.past is not None:
+                own = self.positions[0] if self.batch == 1 else self.positions
+                size = (latents.shape[-2], latents.shape[-1])
+                rotated = [_repeat(k, copies) for k in model.rotate_past(self.past, own, size)]
+            prepared = self._prepared[copies] = (_copied(self.past, copies), self._key_mask(copies), rotated)
+        past, key_mask, rotated = prepared
+        return model(latents, timestep, text, positions, past, key_mask, rotated_past=rotated)
+
+    def _key_mask(self, copies: int) -> Tensor | None:
+        """The key mask for `copies` copies of the batch."""
+        return None if self.key_mask is None else _repeat(self.key_mask, copies)
 
 
 def open_block(
@@ -128,3 +144,19 @@ def close_block(
     """Step 3 of a block: the context pass over the finished block; its keys/values go into the cache."""
     _, block_kv = window.predict(model, context, timestep, text)
     cache.commit(block_kv, [list(range(s, s + window.frames)) for s in window.starts])
+
+
+def _copied(past: list[LayerKV] | None, copies: int) -> list[LayerKV] | None:
+    """The past's rows repeated `copies` times, one copy after another."""
+    if past is None or copies == 1:
+        return past
+    return [(_repeat(k, copies), _repeat(v, copies)) for k, v in past]
+
+
+def _repeat(rows: Tensor, copies: int) -> Tensor:
+    """`rows` (B, ...) repeated `copies` times along the batch; a view, no copy, for a single row."""
+    if copies == 1:
+        return rows
+    if rows.shape[0] == 1:
+        return rows.expand(copies, *rows.shape[1:])
+    return rows.repeat(copies, *[1] * (rows.dim() - 1))
