@@ -15,6 +15,7 @@ convolution through its generic im2col kernel, while a 2D convolution takes the 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm
 from torch import Tensor, nn
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -76,6 +77,36 @@ def use_frame_convolutions(module: ModuleT) -> ModuleT:
     return module
 
 
+# Set, in a thread, while it decodes a batch of rollouts (StreamingDecoder.decode_rows).
+_DECODING_ROWS = threading.local()
+
+
+class RowsRMSNorm(WanRMS_norm):
+    """``WanRMS_norm`` whose channel norm, while a thread decodes a batch of rollouts, is a plain sum of
+    squares over the channels.
+
+    ``F.normalize`` over dim 1 of a (B, C, T, H, W) tensor runs a slow strided reduction on a CPU
+    (10-30 times slower than the sum here at the decoder's sizes); the two agree to float32
+    rounding (about 1e-7), not bit for bit. A single rollout's decode keeps diffusers' own
+    bits, so recorded replays stay exact; rows of a batch are already equal to a single
+    rollout only to float rounding (tests/test_batch.py).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not getattr(_DECODING_ROWS, "on", False) or not self.channel_first or x.dtype != torch.float32:
+            return super().forward(x)
+        norm = (x * x).sum(1, keepdim=True).sqrt().clamp_min(1e-12)  # F.normalize's eps
+        return x / norm * self.scale * self.gamma + self.bias
+
+
+def use_rows_norms(module: ModuleT) -> ModuleT:
+    """Switch every ``WanRMS_norm`` inside `module` to :class:`RowsRMSNorm`, in place; returns `module`."""
+    for layer in module.modules():
+        if type(layer) is WanRMS_norm:
+            layer.__class__ = RowsRMSNorm
+    return module
+
+
 def use_stock_convolutions(module: ModuleT) -> ModuleT:
     """Undo :func:`use_frame_convolutions`: every ``FrameWiseCausalConv3d`` inside `module` is diffusers'
     ``WanCausalConv3d`` again, in place; returns `module`.
@@ -93,7 +124,7 @@ def use_stock_convolutions(module: ModuleT) -> ModuleT:
 
 # Rows decoded in one call: past about 8 rollouts of 64x64 video the activations outgrow the CPU's
 # caches and a call gets slower per row (worldsim bench --batch).
-DECODE_ROWS = 1
+DECODE_ROWS = 8
 
 
 @dataclass
@@ -130,7 +161,7 @@ class _Streaming:
                 f"latent normalisation has {len(latents_mean)} means and {len(latents_std)} stds "
                 f"for a VAE with {vae.config.z_dim} latent channels"
             )
-        self.vae = use_frame_convolutions(vae)
+        self.vae = use_rows_norms(use_frame_convolutions(vae))
         self.mean = torch.tensor(latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._num_convs = vae._cached_conv_counts[self.part]
@@ -238,6 +269,15 @@ class StreamingDecoder(_Streaming):
         chunks = [
             rows[i : i + DECODE_ROWS] for rows in groups.values() for i in range(0, len(rows), DECODE_ROWS)
         ]
+        _DECODING_ROWS.on = True
+        try:
+            return self._decode_chunks(latents, states, chunks)
+        finally:
+            _DECODING_ROWS.on = False
+
+    def _decode_chunks(
+        self, latents: Tensor, states: Sequence[DecoderState], chunks: list[list[int]]
+    ) -> list[Tensor]:
         videos: dict[int, Tensor] = {}
         for rows in chunks:
             if len(rows) == 1:
