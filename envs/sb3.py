@@ -41,7 +41,7 @@ class SB3VecEnv(VecEnv):
         """Reset every environment (with the seed given to ``seed()``, if any)."""
         obs, _ = self.env.reset(seed=self._seed)
         self._seed = None
-        self.reset_infos = [{} for _ in range(self.num_envs)]
+        self.reset_infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
