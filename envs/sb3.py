@@ -70,18 +70,30 @@ class SB3VecEnv(VecEnv):
         """Close the vector env."""
         self.env.close()
 
+    # The environments are rows of one vector env: attributes and methods are the vector env's,
+    # shared by every row, so they are read or called once and the answer repeated per row.
+
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
         """The vector env's attribute, once per environment asked for."""
         return [getattr(self.env.unwrapped, attr_name)] * len(self._indices(indices))
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        """Set an attribute of the vector env (shared by every environment)."""
+        """Set an attribute of the vector env; it is shared, so only all environments at once."""
+        if len(self._indices(indices)) != self.num_envs:
+            raise ValueError(f"{attr_name!r} belongs to the whole vector env: set it for every environment")
         setattr(self.env.unwrapped, attr_name, value)
 
     def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
-        """Call a method of the vector env, once per environment asked for."""
-        method = getattr(self.env.unwrapped, method_name)
-        return [method(*args, **kwargs) for _ in self._indices(indices)]
+        """Call a method of the vector env once; its answer is repeated per environment asked for."""
+        result = getattr(self.env.unwrapped, method_name)(*args, **kwargs)
+        return [result] * len(self._indices(indices))
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        """Every environment's last frame (the vector env made with render_mode='rgb_array')."""
+        frames = self.env.render()
+        if frames is None:
+            return [None] * self.num_envs
+        return [frame if isinstance(frame, np.ndarray) else None for frame in frames]
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
         """The environments are rows of one vector env: none is wrapped on its own."""
@@ -90,4 +102,4 @@ class SB3VecEnv(VecEnv):
     def _indices(self, indices: Any) -> Sequence[int]:
         if indices is None:
             return range(self.num_envs)
-        return [indices] if isinstance(indices, int) else list(indices)
+        return [int(indices)] if isinstance(indices, (int, np.integer)) else [int(i) for i in indices]

@@ -13,7 +13,12 @@ single environment makes (up to the float rounding of batched kernels).
 
 Episodes end by ``max_episode_steps`` (truncation; the world never terminates). Autoreset is
 Gymnasium's default next-step mode: the step after an episode ends resets that sub-environment,
-ignores its action and returns its first observation with reward 0.
+ignores its action and returns its first observation with reward 0; ``autoreset_mode="SameStep"``
+resets it within the step instead (``final_obs`` and ``final_info`` in ``info``).
+
+Registered as ``World-v0``'s vector entry point, this is what ``gymnasium.make_vec`` builds unless
+asked for another mode; text actions and a window need ``vectorization_mode="sync"`` (N single
+environments, one block at a time each).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class WorldVectorEnv(VectorEnv):
         render_mode: str | None = None,
         world: World | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        text_actions: bool = False,
     ) -> None:
         try:
             self.autoreset_mode = AutoresetMode(autoreset_mode)
@@ -89,8 +95,16 @@ class WorldVectorEnv(VectorEnv):
             raise ValueError(
                 f"max_episode_steps must be a positive whole number or None, not {max_episode_steps!r}"
             )
+        if text_actions:
+            raise ValueError(
+                "the batched vector env takes the scenario's actions, not text; for text actions use "
+                "gymnasium.make_vec(..., vectorization_mode='sync')"
+            )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"unknown render_mode {render_mode!r}; vector worlds render 'rgb_array' only")
+            raise ValueError(
+                f"the batched vector env renders 'rgb_array' only, not {render_mode!r}; for a window use "
+                "gymnasium.make_vec(..., vectorization_mode='sync')"
+            )
         self.reward_fn = resolve_reward(reward)
         self.world, self.scenario = open_world(model, scenario, device, dtype, threads, world)
         self.num_envs = num_envs
@@ -145,16 +159,19 @@ class WorldVectorEnv(VectorEnv):
         if actions.shape != (self.num_envs,):
             raise ValueError(f"expected {self.num_envs} actions, got an array of shape {actions.shape}")
         resetting = self.autoreset.copy()  # next-step autoreset: these start over now
+        chosen = []
+        for i, action in enumerate(actions):  # every action checked before anything changes
+            try:
+                chosen.append(self.scenario.action(action))
+            except ScenarioError as err:
+                raise ValueError(f"sub-environment {i}: {err}") from None
         names = []
-        for i, action in enumerate(actions):
+        for i, action in enumerate(chosen):
             if resetting[i]:
                 self._restart(i)
                 names.append(self.scenario.noop)
                 continue
-            try:
-                change = self.prompts[i].apply(int(action))
-            except (ScenarioError, ValueError, TypeError) as err:
-                raise ValueError(f"sub-environment {i}: {err}") from None
+            change = self.prompts[i].apply(action)
             self.batch.follow(i, change.prompt, change.cut)
             names.append(change.action)
         blocks = self.batch.step()
@@ -230,29 +247,16 @@ class WorldVectorEnv(VectorEnv):
         return {**block_info(block, action), "episode_step": int(self.episode_steps[i])}
 
     def _vector_info(self, infos: list[dict[str, Any]]) -> dict[str, Any]:
-        """Gymnasium's vector info: per key an array over the sub-environments and a ``_key`` mask."""
+        """Gymnasium's vector info (``VectorEnv._add_info``): per key an array over the sub-environments
+        and a ``_key`` mask; ``frames`` is an object array when blocks differ in length (a rollout's
+        very first block is shorter on models without lead-in blocks)."""
+        ragged = len({info["frames"].shape for info in infos}) > 1
         merged: dict[str, Any] = {}
-        keys = list(dict.fromkeys(key for info in infos for key in info))
-        for key in keys:
-            present = np.array([key in info for info in infos])
-            values = [info.get(key) for info in infos]
-            shown = [v for v in values if v is not None]
-            if all(isinstance(v, dict) for v in shown):
-                merged[key] = self._vector_info([v if isinstance(v, dict) else {} for v in values])
-            elif all(isinstance(v, np.ndarray) for v in shown) and len({v.shape for v in shown}) == 1:
-                array = np.zeros((self.num_envs, *shown[0].shape), shown[0].dtype)
-                for i, v in enumerate(values):
-                    if v is not None:
-                        array[i] = v
-                merged[key] = array
-            elif all(isinstance(v, (bool, np.bool_)) for v in shown):
-                merged[key] = np.array([bool(v) for v in values])
-            elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shown):
-                merged[key] = np.array([0 if v is None else int(v) for v in values], np.int64)
-            else:
-                objects = np.empty(self.num_envs, dtype=object)
-                for i, v in enumerate(values):
-                    objects[i] = v
-                merged[key] = objects
-            merged[f"_{key}"] = present
+        for i, info in enumerate(infos):
+            merged = self._add_info(merged, {k: v for k, v in info.items() if k != "frames" or not ragged}, i)
+        if ragged:
+            frames = np.empty(self.num_envs, dtype=object)
+            for i, info in enumerate(infos):
+                frames[i] = info["frames"]
+            merged["frames"], merged["_frames"] = frames, np.ones(self.num_envs, bool)
         return merged

@@ -110,7 +110,9 @@ def make_envs(world: str, args: Args) -> gymnasium.vector.VectorEnv:
 
 
 def train(world: str, args: Args) -> tuple[Policy, dict[str, float]]:
-    """PPO with next-step autoreset (a step whose previous step ended an episode is a reset: masked out)."""
+    """PPO over next-step autoreset: a step whose previous step ended an episode is the env's reset, so
+    it is left out of the update; its observation is the ended episode's last one, whose value
+    bootstraps a truncated episode (the world never terminates on its own)."""
     torch.manual_seed(args.seed)
     env = make_envs(world, args)
     actions, frames = env.single_action_space, env.single_observation_space
@@ -121,7 +123,7 @@ def train(world: str, args: Args) -> tuple[Policy, dict[str, float]]:
     obs_buf = torch.zeros((horizon, n, *frames.shape), dtype=torch.uint8)
     act_buf = torch.zeros((horizon, n), dtype=torch.long)
     logp_buf, rew_buf, val_buf = (torch.zeros((horizon, n)) for _ in range(3))
-    done_buf, valid_buf = torch.zeros((horizon, n)), torch.zeros((horizon, n))
+    done_buf, term_buf, valid_buf = (torch.zeros((horizon, n)) for _ in range(3))
 
     obs, _ = env.reset(seed=args.seed)
     next_obs, ended = torch.as_tensor(obs), torch.zeros(n)
@@ -142,18 +144,20 @@ def train(world: str, args: Args) -> tuple[Policy, dict[str, float]]:
             for i in np.flatnonzero(finished):
                 returns.append(float(episode_return[i]))
                 episode_return[i] = 0.0
-            rew_buf[t], done_buf[t] = torch.as_tensor(reward, dtype=torch.float32), torch.as_tensor(finished)
+            rew_buf[t] = torch.as_tensor(reward, dtype=torch.float32)
+            done_buf[t], term_buf[t] = torch.as_tensor(finished), torch.as_tensor(terminated)
             next_obs, ended = torch.as_tensor(obs), torch.as_tensor(finished, dtype=torch.float32)
 
-        # Generalised advantage estimation; an episode's end cuts the bootstrap.
+        # Generalised advantage estimation. The value after step t is that of the next stored
+        # observation, which after an episode's last step is its final one: a truncated episode
+        # bootstraps from it, a terminated one does not; either way the advantage stops there.
         with torch.no_grad():
             _, next_value = policy(next_obs)
         advantages, last = torch.zeros((horizon, n)), torch.zeros(n)
         for t in reversed(range(horizon)):
             following = next_value if t == horizon - 1 else val_buf[t + 1]
-            live = 1.0 - done_buf[t]
-            delta = rew_buf[t] + args.gamma * following * live - val_buf[t]
-            last = delta + args.gamma * args.gae_lambda * live * last
+            delta = rew_buf[t] + args.gamma * following * (1.0 - term_buf[t]) - val_buf[t]
+            last = delta + args.gamma * args.gae_lambda * (1.0 - done_buf[t]) * last
             advantages[t] = last
         targets = advantages + val_buf
 

@@ -87,9 +87,10 @@ class RowsRMSNorm(WanRMS_norm):
 
     ``F.normalize`` over dim 1 of a (B, C, T, H, W) tensor runs a slow strided reduction on a CPU
     (10-30 times slower than the sum here at the decoder's sizes); the two agree to float32
-    rounding (about 1e-7), not bit for bit. A single rollout's decode keeps diffusers' own
-    bits, so recorded replays stay exact; rows of a batch are already equal to a single
-    rollout only to float rounding (tests/test_batch.py).
+    rounding (about 1e-7), not bit for bit. ``StreamingDecoder.decode`` (a ``Session``) keeps
+    diffusers' own bits, so recorded replays stay exact; ``decode_rows`` (a ``BatchSession``,
+    even of one rollout) uses this, and its rows equal a single rollout's only to float rounding
+    anyway (tests/test_batch.py).
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -269,11 +270,12 @@ class StreamingDecoder(_Streaming):
         chunks = [
             rows[i : i + DECODE_ROWS] for rows in groups.values() for i in range(0, len(rows), DECODE_ROWS)
         ]
+        before = getattr(_DECODING_ROWS, "on", False)
         _DECODING_ROWS.on = True
         try:
             return self._decode_chunks(latents, states, chunks)
         finally:
-            _DECODING_ROWS.on = False
+            _DECODING_ROWS.on = before
 
     def _decode_chunks(
         self, latents: Tensor, states: Sequence[DecoderState], chunks: list[list[int]]
@@ -284,20 +286,29 @@ class StreamingDecoder(_Streaming):
                 videos[rows[0]] = self.decode(latents[rows[0] : rows[0] + 1], states[rows[0]])
                 continue
             caches = zip(*(states[row].feature_cache for row in rows), strict=True)
-            merged = DecoderState([torch.cat(parts) for parts in caches], states[rows[0]].latent_frames)
+            merged = DecoderState(
+                [None if parts[0] is None else torch.cat(parts) for parts in caches],
+                states[rows[0]].latent_frames,  # settled rows: only "past the first frames" matters
+            )
             video = self.decode(latents[rows], merged)
             for j, row in enumerate(rows):
-                states[row].feature_cache = [entry[j : j + 1] for entry in merged.feature_cache]
-                states[row].latent_frames = merged.latent_frames
+                states[row].feature_cache = [
+                    None if entry is None else entry[j : j + 1] for entry in merged.feature_cache
+                ]
+                states[row].latent_frames += latents.shape[2]
                 videos[row] = video[j : j + 1]
         return [videos[row] for row in range(len(states))]
 
 
-def _settled(state: DecoderState) -> tuple[tuple[int, ...], ...] | None:
-    """The shapes of a decoder state's cached entries once it has settled (all tensors), else None."""
-    if state.latent_frames < 2 or not all(isinstance(entry, Tensor) for entry in state.feature_cache):
+def _settled(state: DecoderState) -> tuple[tuple[int, ...] | None, ...] | None:
+    """The shapes of a decoder state's cached entries once it has settled, else None.
+
+    Settled: past its first two latent frames, with no placeholder left (diffusers marks a temporal
+    upsampling's first frame with the string "Rep"); entries a decoder never fills stay None.
+    """
+    if state.latent_frames < 2 or any(isinstance(entry, str) for entry in state.feature_cache):
         return None
-    return tuple(tuple(entry.shape[1:]) for entry in state.feature_cache)
+    return tuple(None if entry is None else tuple(entry.shape[1:]) for entry in state.feature_cache)
 
 
 def from_uint8_frames(frames: np.ndarray) -> Tensor:

@@ -23,7 +23,7 @@ the checkpoint, so the same code runs any checkpoint of this architecture.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,3 +194,12 @@ class StreamingTAEHV:
             state.frames_to_trim -= dropped
             frames += made[dropped:]
         return torch.stack(frames, dim=2).float() * 2.0 - 1.0
+
+    def decode_rows(self, latents: Tensor, states: Sequence[TAEHVState]) -> list[Tensor]:
+        """A batch of rollouts (B, C, T, h, w), row b with its own `states[b]`: each row's video.
+
+        Row by row: TAEHV's memory blocks keep one state per video.
+        """
+        if len(states) != latents.shape[0]:
+            raise ValueError(f"{len(states)} decoder states for a batch of {latents.shape[0]}")
+        return [self.decode(latents[row : row + 1], state) for row, state in enumerate(states)]

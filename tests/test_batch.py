@@ -128,6 +128,15 @@ def test_batch_arguments_and_nan_are_refused_by_name() -> None:
         BatchSession(world, ["a", "b"], [0])
     batch = BatchSession(world, ["a", "b"], [0, 1])
     batch.step()
+    for bad in (
+        lambda: batch.restart(-1, "c", 0),
+        lambda: batch.set_prompt(2, "c"),
+        lambda: batch.step([1, 1]),
+    ):
+        with pytest.raises(ValueError, match=r"distinct rollouts of 0\.\.1"):
+            bad()
+    with pytest.raises(ValueError, match="distinct rollouts"):
+        batch.cache.put([5], batch.cache.take([0]))
     with torch.no_grad():
         world.model.transformer.proj_out.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteError, match="rollout 0, block 1, rollout 1, block 1"):
@@ -168,9 +177,17 @@ def test_cache_take_and_put_move_rows_exactly() -> None:
             assert torch.equal(put[layer][part][2], layers[layer][part][2])
 
 
-def test_decoding_rows_together_equals_decoding_each_alone() -> None:
+def test_decoding_rows_together_equals_decoding_each_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     world = tiny_world()
     decoder = world.decoder
+    calls: list[list[list[int]]] = []
+    chunks_of = decoder._decode_chunks
+
+    def spy(latents: torch.Tensor, states: list, chunks: list[list[int]]) -> list[torch.Tensor]:
+        calls.append(chunks)
+        return chunks_of(latents, states, chunks)
+
+    monkeypatch.setattr(decoder, "_decode_chunks", spy)
     latents = torch.randn(3, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     together = [decoder.new_state() for _ in range(3)]
     alone = [decoder.new_state() for _ in range(3)]
@@ -181,11 +198,15 @@ def test_decoding_rows_together_equals_decoding_each_alone() -> None:
         for mine, single in zip(ours, theirs, strict=True):
             assert mine.shape == single.shape
             assert float((mine - single).abs().max()) < 1e-5
+    assert [len(chunk) for chunk in calls[-1]] == [3]  # settled rows went through the decoder together
+    assert [state.latent_frames for state in together] == [3, 3, 3]
     # a row that starts over decodes alone again (its first frame), next to settled rows
     together[1], alone[1] = decoder.new_state(), decoder.new_state()
     ours = decoder.decode_rows(latents[:, :, :1], together)
     theirs = [decoder.decode(latents[r : r + 1, :, :1], alone[r]) for r in range(3)]
     assert [v.shape[2] for v in ours] == [4, 1, 4]
+    assert sorted(len(chunk) for chunk in calls[-1]) == [1, 2]
+    assert [state.latent_frames for state in together] == [4, 1, 4]
     for mine, single in zip(ours, theirs, strict=True):
         assert float((mine - single).abs().max()) < 1e-5
 

@@ -94,6 +94,13 @@ def test_a_world_decodes_with_taehv_when_asked(tmp_path) -> None:
     assert isinstance(fast.decoder, StreamingTAEHV) and any("TAEHV" in note for note in fast.notes)
     assert fast.weights_hash() != plain.weights_hash()
     session = fast.session("a meadow", seed=0)
-    assert session.step().frames.shape == (9, 32, 32, 3) and session.step().frames.shape == (12, 32, 32, 3)
+    first, second = session.step(), session.step()
+    assert first.frames.shape == (9, 32, 32, 3) and second.frames.shape == (12, 32, 32, 3)
+    from worldsim.batch import BatchSession
+
+    batch = BatchSession(fast, ["a meadow", "a desert"], [0, 1])  # batched rollouts decode row by row
+    ours = [batch.step()[0], batch.step()[0]]
+    assert [b.frames.shape for b in ours] == [(9, 32, 32, 3), (12, 32, 32, 3)]
+    assert float((ours[1].latents - second.latents).abs().max()) < 1e-4
     with pytest.raises(worldsim.BundleError, match="unknown decoder 'tae'"):
         worldsim.load(folder, options=LoadOptions(size=SIZE, decoder="tae"))

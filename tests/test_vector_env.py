@@ -71,8 +71,13 @@ def test_make_vec_gives_one_batched_env_that_passes_the_vector_checks() -> None:
     assert isinstance(env.unwrapped, WorldVectorEnv)
     assert env.unwrapped.single_action_space == gymnasium.spaces.Discrete(12)
     check_vector_env(env)
-    with pytest.raises(ValueError, match="sub-environment 1"):
-        env.step(np.array([0, 99, 0]))
+    before = [p.prompt for p in env.unwrapped.prompts]
+    for bad in ([10, 99, 0], [4.0, 4.0, 4.0]):  # nothing changes before every action is checked
+        with pytest.raises(ValueError, match="sub-environment"):
+            env.step(np.array(bad))
+    assert [p.prompt for p in env.unwrapped.prompts] == before
+    with pytest.raises(ValueError, match="vectorization_mode='sync'"):
+        make_world_vector(text_actions=True)
     with pytest.raises(ValueError, match="expected 3 actions"):
         env.step(np.array([0, 0]))
     env.close()

@@ -70,6 +70,8 @@ class BatchSession:
         )
         self.rollouts = [self._fresh(prompt, seed) for prompt, seed in zip(prompts, seeds, strict=True)]
         self._empty: TextContext | None = None
+        # the prompts of the last call, their text keys/values and, with guidance, the empty prompt's too
+        self._texts: tuple[tuple[str, ...], TextContext, TextContext | None] | None = None
 
     @property
     def size(self) -> int:
@@ -78,13 +80,14 @@ class BatchSession:
 
     def set_prompt(self, row: int, prompt: str) -> None:
         """Rollout `row` follows `prompt` from its next block on; a change fires a KV Flush before it."""
-        self.rollouts[row].pending_prompt = prompt
+        self._rollout(row).pending_prompt = prompt
 
     def cut(self, row: int, prompt: str | None = None) -> None:
         """Rollout `row` cuts to a new scene (RoPE Cut) before its next block, optionally to a new prompt."""
-        self.rollouts[row].pending_cut = True
+        rollout = self._rollout(row)
+        rollout.pending_cut = True
         if prompt is not None:
-            self.rollouts[row].pending_prompt = prompt
+            rollout.pending_prompt = prompt
 
     def follow(self, row: int, prompt: str, cut: bool = False) -> None:
         """Rollout `row` goes to `prompt` before its next block: a cut to it, or a prompt change."""
@@ -95,6 +98,7 @@ class BatchSession:
 
     def restart(self, row: int, prompt: str, seed: int, start_image: np.ndarray | None = None) -> None:
         """Start rollout `row` over from `prompt` and `seed` (or from a picture) at the next step."""
+        self._rollout(row)
         self.rollouts[row] = self._fresh(prompt, seed, start_image)
         self.cache.clear([row])
 
@@ -103,13 +107,14 @@ class BatchSession:
         """Generate, commit and decode the next block of every rollout (or of `rows` only); a Block each.
 
         The rollouts not in `rows` do not move. NonFiniteError, naming the rollouts and blocks, if
-        the model makes NaN or Inf latents.
+        the model makes NaN or Inf latents; as with ``Session.step``, a batch that raised it is
+        left mid-block (its flushes done, its block not committed) and should be restarted.
         """
         if rows is None or list(rows) == list(range(self.size)):
             return self._step(list(range(self.size)), self.cache)
-        rows = list(rows)
-        if not rows or len(set(rows)) != len(rows) or not all(0 <= row < self.size for row in rows):
-            raise ValueError(f"rows must be distinct rollouts of 0..{self.size - 1}, not {rows}")
+        rows = self.cache.check_rows(rows)
+        if not rows:
+            raise ValueError("step() needs at least one rollout")
         cache = self.cache.take(rows)
         blocks = self._step(rows, cache)
         self.cache.put(rows, cache)
@@ -165,6 +170,10 @@ class BatchSession:
             r.block_index += 1
         return blocks
 
+    def _rollout(self, row: int) -> Rollout:
+        self.cache.check_rows([row])
+        return self.rollouts[row]
+
     def _fresh(self, prompt: str, seed: int, start_image: np.ndarray | None = None) -> Rollout:
         return Rollout(
             seed=seed,
@@ -214,12 +223,16 @@ class BatchSession:
         """Steps 2-4 for the given rollouts over `cache` (which holds exactly those rollouts)."""
         n = self.config.block_frames
         rollouts = [self.rollouts[row] for row in rows]
-        text = TextContext.concat([self._text(row) for row in rows])
-        guided = None
-        if self.config.guidance_scale != 1.0:
-            if self._empty is None:
-                self._empty = self.world.text_context("")
-            guided = TextContext.concat([text, *[self._empty] * len(rows)])
+        prompts = tuple(self.rollouts[row].prompt for row in rows)
+        if self._texts is None or self._texts[0] != prompts:  # the same prompts block after block
+            text = TextContext.concat([self._text(row) for row in rows])
+            guided = None
+            if self.config.guidance_scale != 1.0:
+                if self._empty is None:
+                    self._empty = self.world.text_context("")
+                guided = TextContext.concat([text, *[self._empty] * len(rows)])
+            self._texts = (prompts, text, guided)
+        _, text, guided = self._texts
         generators = [r.generator for r in rollouts]
         noise = gaussian((len(rows), *self.world.latent_shape(n)[1:]), generators)
         request = BlockRequest(

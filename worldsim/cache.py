@@ -144,8 +144,18 @@ class KVCache:
         """Forget every frame of the given rollouts (all by default)."""
         self._select(rows, lambda held: 0)
 
+    def check_rows(self, rows: Sequence[int]) -> list[int]:
+        """`rows` as distinct rollouts of this cache; ValueError naming the problem otherwise."""
+        rows = list(rows)
+        if len(set(rows)) != len(rows) or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 0 <= r < self.batch for r in rows
+        ):
+            raise ValueError(f"rows must be distinct rollouts of 0..{self.batch - 1}, not {rows}")
+        return rows
+
     def take(self, rows: Sequence[int]) -> KVCache:
         """A new cache holding copies of the given rollouts' frames, in that order."""
+        rows = self.check_rows(rows)
         taken = KVCache(self.num_layers, self.capacity, self.sink_frames, batch=len(rows))
         taken._tokens_per_frame = self._tokens_per_frame
         taken.held = [list(self.held[r]) for r in rows]
@@ -157,6 +167,7 @@ class KVCache:
 
     def put(self, rows: Sequence[int], other: KVCache) -> None:
         """Replace the given rollouts' frames by those of `other`'s rollouts, one for one."""
+        rows = self.check_rows(rows)
         if len(rows) != other.batch:
             raise ValueError(f"{other.batch} rollouts put into {len(rows)} rows")
         if (other.num_layers, other.capacity, other.sink_frames) != (

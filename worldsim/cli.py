@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         "turn (a SyncVectorEnv), for each N given: env steps/s, frames/s, memory",
     )
     bench.add_argument(
-        "--steps", type=int, default=6, help="timed steps per N with --batch (default: 6, after 2 warm-up)"
+        "--steps", type=int, help="timed steps per N with --batch (default: 6, after 2 warm-up)"
     )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
@@ -391,14 +391,17 @@ def _replay(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.blocks < 2:
         raise CommandError("--blocks must be at least 2")
-    if args.batch is not None and (min(args.batch) < 1 or args.steps < 1):
+    if args.steps is not None and args.batch is None:
+        raise CommandError("--steps goes with --batch (without it, --blocks sets the length)")
+    steps = 6 if args.steps is None else args.steps
+    if args.batch is not None and (min(args.batch) < 1 or steps < 1):
         raise CommandError("--batch sizes and --steps must be at least 1")
     check_device_name(args.device)
     from worldsim.bench import format_batch_result, format_result, run_batch_bench, run_bench
 
     world = open_world(args)
     if args.batch is not None:
-        rows = run_batch_bench(world, sorted(args.batch), steps=args.steps, seed=args.seed)
+        rows = run_batch_bench(world, sorted(args.batch), steps=steps, seed=args.seed)
         text = format_batch_result(rows)
         print(json.dumps([row.to_dict() for row in rows], indent=2) if args.json else text)
         return 0

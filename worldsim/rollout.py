@@ -38,7 +38,7 @@ class BlockWindow:
     key_mask: Tensor | None  # (B, (slots + frames) * tokens): which keys are real; None when all are
     flushed: tuple[bool, ...]  # per rollout: a KV Flush ran before this block (a prompt change or a cut)
     cut: tuple[bool, ...]  # per rollout: a RoPE Cut ran before this block
-    held: tuple[int, ...] = ()  # per rollout: the frames it holds in the cache (before this block)
+    held: tuple[int, ...]  # per rollout: the frames it holds in the cache (before this block)
     # per number of copies: the past, key mask and rotated past keys that the window's calls share
     _prepared: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
