@@ -80,6 +80,15 @@ def test_eval_rows_and_table(world) -> None:
     assert f"{model.name}, late quality of relative positions minus: absolute" in table
     for row in rows:  # the flush column is the mean over both kinds (as many switches of each)
         assert row.switch_latency_flush == pytest.approx(np.mean(list(row.switch_latency_by_kind.values())))
+    assert 0.5 < truth.sharpness < 2.0 and model.sharpness >= 0.0
+    assert [(c.delta, c.keeps_sink) for c in model.cut_ablation] == [
+        (6, True),
+        (21, True),
+        (45, True),
+        (90, True),
+        (world.config.cut_delta, False),
+    ]
+    assert not truth.cut_ablation and "| 90 | kept |" in table and "| replaced |" in table
 
 
 def test_eval_refuses_a_short_walk(capsys) -> None:
@@ -181,3 +190,18 @@ def test_the_round_trip_decodes_warm_where_the_model_has_lead_in_blocks() -> Non
         rollout = RoundTripRollout(world, first, later, warmup, False)
         rollout.start("meadow", "day", "east", seed=0)
         assert [rollout.step("meadow", "day", "east").shape[0] for _ in range(3)] == [4, 4, 4]
+
+
+def test_sharpness_is_the_laplacian_energy_and_a_cut_scene_is_scored_against_its_look() -> None:
+    import cv2
+
+    from envs.procedural.probes import reference_frames
+    from envs.tiny.evaluate import laplacian_sharpness, measure_cuts
+
+    frames = reference_frames("meadow", "day", 16, seed=1)
+    blurred = np.stack([cv2.GaussianBlur(f, (5, 5), 1.5) for f in frames])
+    assert laplacian_sharpness(blurred) < 0.5 * laplacian_sharpness(frames)
+    assert laplacian_sharpness(np.full_like(frames, 128)) == 0.0
+    cuts = measure_cuts(TruthRollout(1, 4), cuts=3, seed=0, after=3)
+    assert all(c.quality > 0.8 for c in cuts)  # the world's own new scenes look like themselves
+    assert all(math.isnan(c.quality) for c in measure_cuts(TruthRollout(1, 4), cuts=2, seed=0))

@@ -14,7 +14,12 @@ row), with the probes of ``envs.procedural.probes``:
   the first and the last 1,000 frames of a long rollout, for three position schemes:
   Block-Relativistic RoPE; absolute positions that grow past the training horizon; and a rolling
   cache with absolute positions and no sink (Self-Forcing style);
-- ``cut_accuracy``: share of cuts after which the first block shows the requested biome;
+- ``sharpness``: the variance of the Laplacian of the first 1,000 frames (relative positions)
+  over that of ground-truth frames of the same look: 1 as sharp as the world, lower blurrier;
+- ``cut_accuracy``: share of cuts after which the first block shows the requested biome; for the
+  model, also the RoPE Cut ablation of the paper: accuracy and the quality of the new scene's first
+  four blocks for a jump Δ of 6, 21, 45 and 90 positions keeping the sink, and for the engine's Δ
+  with the sink replaced by the cut block;
 - ``fps`` and peak memory of generation plus decode (``worldsim.bench``).
 
 Under the table each row names its switches that showed late and its missed cuts (every switch and
@@ -38,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -77,6 +83,9 @@ class EvalResult:
     # other scheme -> (mean, standard error) of relative minus it, chunk by chunk, over the last 1k frames
     quality_gap_late: dict[str, tuple[float, float]] = field(default_factory=dict)
     cut_accuracy: float = math.nan
+    # Laplacian variance of the first 1k frames (relative positions) over the ground truth's
+    sharpness: float = math.nan
+    cut_ablation: list[CutSetting] = field(default_factory=list)  # the model only
     fps: float = math.nan
     peak_mem_mb: float = math.nan
     switches: list[Switch] = field(default_factory=list)  # the flush column's switches, one by one
@@ -296,6 +305,8 @@ class Cut:
     target: str
     condition: str
     shown: str
+    # frame_quality of the cut block and the blocks after it against the target's ground truth
+    quality: float = math.nan
 
     def describe(self) -> str:
         """E.g. "desert → tundra at night, showed desert"."""
@@ -359,8 +370,12 @@ def measure_switches(rollout: Rollout, switches: int, seed: int) -> list[Switch]
     return measured
 
 
-def measure_cuts(rollout: Rollout, cuts: int, seed: int) -> list[Cut]:
-    """Each cut with the biome its first block shows, over every ordered pair of biomes and every light."""
+def measure_cuts(rollout: Rollout, cuts: int, seed: int, after: int = 0) -> list[Cut]:
+    """Each cut with the biome its first block shows, over every ordered pair of biomes and every light.
+
+    With `after`, the cut block and `after` more blocks of the new scene are also scored against
+    ground-truth frames of the target's look (``Cut.quality``): is what the cut made a proper scene.
+    """
     pairs = [(a, b) for a in BIOMES for b in BIOMES if a != b]
     measured = []
     for index in range(cuts):
@@ -369,9 +384,47 @@ def measure_cuts(rollout: Rollout, cuts: int, seed: int) -> list[Cut]:
         rollout.start(source, condition, "north", seed=seed * 1000 + index)
         for _ in range(3):
             rollout.step(source, condition, "north")
-        shown = biome_of(rollout.step(target, condition, "north", cut=True))
-        measured.append(Cut(source, target, condition, shown))
+        first = rollout.step(target, condition, "north", cut=True)
+        quality = math.nan
+        if after:
+            blocks = [first, *(rollout.step(target, condition, "north") for _ in range(after))]
+            reference = reference_frames(target, condition, 64, seed=seed + 7)
+            quality = frame_quality(np.concatenate(blocks), reference)
+        measured.append(Cut(source, target, condition, biome_of(first), quality))
     return measured
+
+
+CUT_DELTAS = (6, 21, 45, 90)  # the paper's RoPE Cut ablation
+
+
+@dataclass(frozen=True)
+class CutSetting:
+    """One row of the cut ablation: a RoPE Cut's jump and whether the cut keeps the sink."""
+
+    delta: int
+    keeps_sink: bool
+    accuracy: float
+    quality: float  # mean Cut.quality: the new scene's first blocks against the ground truth
+
+
+def cut_ablation(world: World, config: EngineConfig, cuts: int, seed: int) -> list[CutSetting]:
+    """Cut accuracy and the new scene's quality for each Δ of CUT_DELTAS (keeping the sink), and for
+    the engine's own Δ with the sink replaced by the cut block (a fresh window)."""
+    settings = [(delta, True) for delta in CUT_DELTAS] + [(config.cut_delta, False)]
+    rows = []
+    for delta, keeps in tqdm(settings, desc="cut ablation", unit="setting", leave=False):
+        engine = config.replace(cut_delta=delta, cut_keeps_sink=keeps)
+        measured = measure_cuts(ModelRollout(world, engine), cuts, seed, after=3)
+        quality = float(np.mean([cut.quality for cut in measured]))
+        rows.append(CutSetting(delta, keeps, cut_accuracy(measured), quality))
+    return rows
+
+
+def laplacian_sharpness(frames: np.ndarray) -> float:
+    """Mean over frames of the variance of the Laplacian of the grey image (OpenCV): edge energy."""
+    return float(
+        np.mean([cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in frames])
+    )
 
 
 def cut_accuracy(cuts: Sequence[Cut]) -> float:
@@ -384,9 +437,10 @@ QUALITY_CHUNK = 48  # frames scored together by frame_quality
 
 def long_horizon(
     rollout: Rollout, frames: int, window: int, seed: int, reference: np.ndarray, desc: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Frame quality of each QUALITY_CHUNK frames over the first and the last `window` frames of a
-    `frames`-long walk (the walk's actions depend on `seed` alone, so every scheme takes the same walk)."""
+    `frames`-long walk (the walk's actions depend on `seed` alone, so every scheme takes the same walk),
+    and the first window's sharpness over the reference's (``laplacian_sharpness``)."""
     biome, condition = "meadow", "day"
     rng = np.random.default_rng([seed, 3])
     rollout.start(biome, condition, "east", seed=seed)
@@ -404,7 +458,8 @@ def long_horizon(
                     late.append(frame)
                 produced += 1
             bar.update(len(block))
-    return _chunk_quality(early, reference), _chunk_quality(late, reference)
+    sharpness = laplacian_sharpness(np.stack(early)) / laplacian_sharpness(reference)
+    return _chunk_quality(early, reference), _chunk_quality(late, reference), sharpness
 
 
 def _chunk_quality(frames: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
@@ -465,7 +520,9 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
         late_chunks = {}
         for scheme in schemes:
             rollout = make(SCHEMES[scheme](config))
-            early, late = long_horizon(rollout, frames, window, seed, reference, f"{name} {scheme}")
+            early, late, sharp = long_horizon(rollout, frames, window, seed, reference, f"{name} {scheme}")
+            if scheme == "relative":
+                result.sharpness = sharp
             result.quality_early[scheme] = float(early.mean())
             result.quality_late[scheme], late_chunks[scheme] = float(late.mean()), late
         for scheme in schemes[1:]:
@@ -473,6 +530,7 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
         return result
 
     model = measure(world.name, lambda c: ModelRollout(world, c), tuple(SCHEMES))
+    model.cut_ablation = cut_ablation(world, config, cuts, seed)
     bench = run_bench(world, blocks=4 if quick else 16, seed=seed)
     model.fps, model.peak_mem_mb = bench.fps, bench.peak_mem_mb
 
@@ -503,6 +561,7 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
         "switch latency, flush",
         "switch latency, no flush",
         *(f"quality, {scheme}" for scheme in SCHEMES),
+        "sharpness",
         "cut accuracy",
         "fps",
         "peak MiB",
@@ -515,6 +574,7 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
             f"{row.switch_latency_flush:.2f}",
             f"{row.switch_latency_no_flush:.2f}",
             *(f"{row.quality_early[s]:.3f} → {row.quality_late[s]:.3f}" for s in SCHEMES),
+            f"{row.sharpness:.3f}",
             f"{row.cut_accuracy:.2f}",
             f"{row.fps:.1f}",
             "-" if math.isnan(row.peak_mem_mb) else f"{row.peak_mem_mb:.0f}",
@@ -522,8 +582,19 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     window = min(1000, frames // 2)
     lines.append(
-        f"\nquality: frames 0-{window} -> frames {frames - window}-{frames} of a {frames}-frame walk"
+        f"\nquality: frames 0-{window} -> frames {frames - window}-{frames} of a {frames}-frame walk; "
+        f"sharpness: the variance of the Laplacian of frames 0-{window} (relative positions) over that of "
+        "ground-truth frames of the same look"
     )
+    for row in rows:
+        if row.cut_ablation:
+            lines.append(
+                f"\n{row.name}, RoPE Cut ablation (accuracy; quality of the cut block and 3 after it):"
+            )
+            lines.append("\n| Δ | sink | cut accuracy | new scene quality |\n|---|---|---|---|")
+            for setting in row.cut_ablation:
+                sink = "kept" if setting.keeps_sink else "replaced"
+                lines.append(f"| {setting.delta} | {sink} | {setting.accuracy:.2f} | {setting.quality:.3f} |")
 
     def kinds(row: EvalResult) -> str:
         return ", ".join(f"{kind} {value:.2f}" for kind, value in row.switch_latency_by_kind.items())
