@@ -19,6 +19,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from envs.procedural.probes import MOTION_LAG
 from envs.procedural.rewards import RewardFn, resolve_reward
 from envs.procedural.world import SCENARIO_PATH, ProceduralWorld, WorldConfig, parse_prompt
 from worldsim.scenario import PromptState, ScenarioError, load_scenario
@@ -37,8 +38,9 @@ class ProceduralEnv(gymnasium.Env):
     ``envs.procedural.rewards.REWARDS`` or a callable ``(frames, info) -> float``), ``frames_per_step``
     (4, the built-in model's block), ``size`` (the view, 64 pixels) and ``render_mode``
     (``"rgb_array"``). Observations are the block's last frame, ``Box(0, 255, (size, size, 3), uint8)``;
-    ``info`` has ``WorldEnv``'s keys (``frames``, ``prompt``, ``block``, ``flushed``, ``cut``,
-    ``action``) and ``state``, the world's true state (position, biome, light, seed).
+    ``info`` has ``WorldEnv``'s keys (``frames``, ``previous_frames``, ``prompt``, ``block``,
+    ``flushed``, ``cut``, ``action``) and ``state``, the world's true state (position, biome, light,
+    seed).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 16}  # noqa: RUF012
@@ -104,7 +106,10 @@ class ProceduralEnv(gymnasium.Env):
         if condition != self.world.state.condition:
             self.world.set_condition(condition)
         frames = self.world.rollout([move] * self.frames_per_step)
+        previous = self.last_frames
         obs, info = self._observe(frames, change.action, change.cut or change.prompt != before, change.cut)
+        if not change.cut and previous is not None:  # as WorldEnv: none at the start, none across a cut
+            info["previous_frames"] = previous[-MOTION_LAG:]
         reward = float(self.reward_fn(frames, info)) if self.reward_fn is not None else 0.0
         return obs, reward, False, False, info
 

@@ -148,7 +148,7 @@ class WorldVectorEnv(VectorEnv):
         self.batch = BatchSession(self.world, [p.prompt for p in self.prompts], session_seeds)
         blocks = self.batch.step()
         self.last_blocks = blocks
-        infos = [self._info(i, block, self.scenario.noop) for i, block in enumerate(blocks)]
+        infos = [self._info(i, block, self.scenario.noop, None) for i, block in enumerate(blocks)]
         return np.stack([block.frames[-1] for block in blocks]), self._vector_info(infos)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -177,7 +177,8 @@ class WorldVectorEnv(VectorEnv):
         blocks = self.batch.step()
         self.episode_steps[~resetting] += 1
         infos = [
-            self._info(i, block, name) for i, (block, name) in enumerate(zip(blocks, names, strict=True))
+            self._info(i, block, name, None if resetting[i] else self.last_blocks[i])
+            for i, (block, name) in enumerate(zip(blocks, names, strict=True))
         ]
         rewards = np.zeros(self.num_envs, np.float64)
         if self.reward_fn is not None:
@@ -198,7 +199,7 @@ class WorldVectorEnv(VectorEnv):
                 final_obs, final_info = blocks[i].frames[-1].copy(), infos[i]
                 blocks[i] = block
                 infos[i] = {
-                    **self._info(i, block, self.scenario.noop),
+                    **self._info(i, block, self.scenario.noop, None),
                     "final_obs": final_obs,
                     "final_info": final_info,
                 }
@@ -242,9 +243,9 @@ class WorldVectorEnv(VectorEnv):
         self.autoreset[i] = False
         return int(self._rngs[i].integers(2**31))
 
-    def _info(self, i: int, block: Block, action: str) -> dict[str, Any]:
-        """Sub-environment i's info for a block: WorldEnv's, and its step in the episode."""
-        return {**block_info(block, action), "episode_step": int(self.episode_steps[i])}
+    def _info(self, i: int, block: Block, action: str, previous: Block | None) -> dict[str, Any]:
+        """Sub-environment i's info for a block after `previous`: WorldEnv's, and its step in the episode."""
+        return {**block_info(block, action, previous), "episode_step": int(self.episode_steps[i])}
 
     def _vector_info(self, infos: list[dict[str, Any]]) -> dict[str, Any]:
         """Gymnasium's vector info (``VectorEnv._add_info``): per key an array over the sub-environments

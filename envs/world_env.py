@@ -22,6 +22,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from envs.procedural.probes import MOTION_LAG
 from envs.procedural.rewards import RewardFn, resolve_reward
 from worldsim.bundle import load
 from worldsim.device import parse_device, parse_dtype, use_threads
@@ -78,10 +79,16 @@ def open_world(
     return world, load_scenario(scenario)
 
 
-def block_info(block: Block, action: str) -> dict[str, Any]:
-    """What an environment's `info` says of a block just generated."""
+def block_info(block: Block, action: str, previous: Block | None = None) -> dict[str, Any]:
+    """What an environment's `info` says of a block just generated, after `previous` (None at a start).
+
+    ``previous_frames``: the last ``MOTION_LAG`` frames of the block before, where motion is read
+    from (``envs.procedural.rewards``); left out at an episode's start and after a cut.
+    """
+    lead_in = {} if previous is None or block.cut else {"previous_frames": previous.frames[-MOTION_LAG:]}
     return {
         "frames": block.frames,
+        **lead_in,
         "prompt": block.prompt,
         "block": block.index,
         "cache_frames": block.cache_frames,
@@ -146,9 +153,10 @@ class WorldEnv(gymnasium.Env):
 
     ## Info
 
-    ``frames`` (all frames of the block, ``(T, H, W, 3)`` uint8), ``prompt``, ``block`` (its
-    index in the rollout), ``cache_frames``, ``flushed`` (a KV Flush ran before it), ``cut`` (a
-    RoPE Cut ran before it) and ``action`` (the action's name, or the text).
+    ``frames`` (all frames of the block, ``(T, H, W, 3)`` uint8), ``previous_frames`` (the last 4
+    of the block before, left out at the start and after a cut: rewards read motion from them),
+    ``prompt``, ``block`` (its index in the rollout), ``cache_frames``, ``flushed`` (a KV Flush ran
+    before it), ``cut`` (a RoPE Cut ran before it) and ``action`` (the action's name, or the text).
 
     ## Arguments
 
@@ -233,6 +241,7 @@ class WorldEnv(gymnasium.Env):
         self.prompts.reset()
         session_seed = int(self.np_random.integers(2**31))
         self.session = self.world.session(self.prompts.prompt, seed=session_seed, start_image=image)
+        self.last_block = None
         obs, info = self._observe(self.session.step(), self.scenario.noop)
         if self.render_mode == "human":
             self.render()
@@ -295,8 +304,8 @@ class WorldEnv(gymnasium.Env):
 
     def _observe(self, block: Block, action: str) -> tuple[np.ndarray, dict[str, Any]]:
         """The observation and info of a block just generated."""
-        self.last_block = block
-        info = block_info(block, action)
+        previous, self.last_block = self.last_block, block
+        info = block_info(block, action, previous)
         # A copy, so an agent that keeps observations does not hold the whole block's frames alive.
         return block.frames[-1].copy(), info
 

@@ -167,7 +167,9 @@ def test_the_twin_follows_actions_with_the_built_in_rewards() -> None:
     assert info["state"]["biome"] == "meadow" and info["prompt"].endswith("standing still")
     start_x = info["state"]["x"]
     _, reward, *_, info = twin.step(twin.scenario.index("east"))
-    assert reward == pytest.approx(1.0, abs=0.05) and info["state"]["x"] == start_x + 4 * 2
+    assert info["state"]["x"] == start_x + 4 * 2 and 0.3 < reward < 1.0  # starting off: half the pairs move
+    _, reward, *_, info = twin.step(twin.scenario.index("east"))
+    assert reward == pytest.approx(1.0, abs=0.05)
     _, _, _, _, info = twin.step(twin.scenario.index("desert"))
     assert info["cut"] and info["state"]["biome"] == "desert"
     assert ProceduralEnv(reward="reach_desert").reward_fn(info["frames"], info) == 1.0

@@ -130,12 +130,18 @@ def test_spaces_and_info(env: WorldEnv) -> None:
 
     obs, info = env.reset(seed=0)
     assert obs in env.observation_space
-    assert set(info) == {"frames", "prompt", "block", "cache_frames", "flushed", "cut", "action"}
+    keys = {"frames", "prompt", "block", "cache_frames", "flushed", "cut", "action"}
+    assert set(info) == keys  # and "previous_frames" from the second block on
     assert info["frames"].dtype == np.uint8 and info["frames"].shape[1:] == (HEIGHT, WIDTH, 3)
     np.testing.assert_array_equal(info["frames"][-1], obs)
     assert info["prompt"] == "a green meadow, bright daylight, standing still"
     assert info["block"] == 0 and info["action"] == "noop"
     assert not info["flushed"] and not info["cut"]
+    frames = info["frames"]
+    _, _, _, _, info = env.step("east")  # motion is read from the block before's last frames on
+    np.testing.assert_array_equal(info["previous_frames"], frames[-4:])
+    _, _, _, _, info = env.step("desert")
+    assert info["cut"] and "previous_frames" not in info  # not across a cut
 
 
 def test_actions_change_the_prompt(env: WorldEnv) -> None:

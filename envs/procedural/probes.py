@@ -27,6 +27,7 @@ __all__ = [
     "motion_direction",
     "phase_correlation",
     "reference_frames",
+    "with_lead_in",
 ]
 
 # Seed of the ground-truth world the classifier centroids are computed from; tests hold out other seeds.
@@ -115,6 +116,19 @@ def camera_motion(frames: np.ndarray, lag: int = MOTION_LAG) -> np.ndarray:
         return np.zeros(2)
     shifts = [phase_correlation(clip[i], clip[i + lag], whiten=False) for i in range(len(clip) - lag)]
     return -np.mean(shifts, axis=0) / lag
+
+
+def with_lead_in(previous: np.ndarray | None, frames: np.ndarray, lead: int = MOTION_LAG) -> np.ndarray:
+    """A block's frames after the last `lead` frames of the block before it.
+
+    Motion is read between frames MOTION_LAG apart, so a block of few frames (4, with blocks of one
+    latent frame) holds no such pair of its own; with the default lead-in every frame of the block is
+    compared with the one MOTION_LAG before it, whatever the block size. A lead-in of 1 reads only the
+    block's own motion: every pair ends in the block and none starts before the frame just before it.
+    """
+    if previous is None:
+        return frames
+    return np.concatenate([previous[len(previous) - lead :], frames])
 
 
 def motion_direction(frames: np.ndarray, min_shift: float = 0.5) -> str:

@@ -5,8 +5,12 @@ float. They read the frames only, so they score any model that draws the procedu
 world model as much as the ground truth:
 
 * ``travel_<direction>``: how fast the camera moved that way over the block, in units of the world's
-  walking speed per frame (:func:`envs.procedural.probes.camera_motion`). Walking that way scores
-  about 1.0, the opposite way about -1.0, across or standing still about 0.0.
+  walking speed per frame (:func:`envs.procedural.probes.camera_motion`, each frame against the one
+  ``MOTION_LAG`` before it, which for the block's first frames is in the block before: the
+  environments pass its last frames as ``info["previous_frames"]``, none after a cut). Walking that
+  way scores about 1.0, the opposite way about -1.0, across or standing still about 0.0. A block of
+  a video model decoded from one latent frame moves little within itself; its motion shows against
+  the block before, as the eval reads it.
 * ``reach_<biome>``: 1.0 when the block shows that biome (:func:`envs.procedural.probes.biome_of`), else 0.0.
 """
 
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.procedural.probes import biome_of, camera_motion
+from envs.procedural.probes import biome_of, camera_motion, with_lead_in
 from envs.procedural.world import BIOMES, MOVES, WorldConfig
 
 __all__ = ["REWARDS", "RewardFn", "reach", "resolve_reward", "travel"]
@@ -30,8 +34,10 @@ WORLD_SPEED = WorldConfig().speed
 
 
 def travel(direction: str, frames: np.ndarray, info: dict[str, Any] | None = None) -> float:
-    """Camera motion towards `direction` over the frames, per frame and in units of walking speed."""
-    return float(np.dot(camera_motion(frames), MOVES[direction])) / WORLD_SPEED
+    """Camera motion towards `direction` over the frames (after ``info["previous_frames"]``, if any),
+    per frame and in units of walking speed."""
+    previous = None if info is None else info.get("previous_frames")
+    return float(np.dot(camera_motion(with_lead_in(previous, frames)), MOVES[direction])) / WORLD_SPEED
 
 
 def reach(biome: str, frames: np.ndarray, info: dict[str, Any] | None = None) -> float:

@@ -49,12 +49,12 @@ import torch
 from tqdm import tqdm
 
 from envs.procedural.probes import (
-    MOTION_LAG,
     biome_of,
     condition_of,
     frame_quality,
     motion_direction,
     reference_frames,
+    with_lead_in,
 )
 from envs.procedural.world import ACTIONS, BIOMES, CONDITIONS, ProceduralWorld, WorldConfig, prompt_for
 from envs.tiny.card import CARD_FILE, EVAL_MARKERS
@@ -267,19 +267,6 @@ def action_following(rollout: Rollout, episodes: int, seed: int) -> float:
                 total += 1
             previous = frames
     return hits / total
-
-
-def with_lead_in(previous: np.ndarray | None, frames: np.ndarray, lead: int = MOTION_LAG) -> np.ndarray:
-    """A block's frames after the last `lead` frames of the block before it.
-
-    Motion is read between frames MOTION_LAG apart, so a block of few frames (4, with blocks of one
-    latent frame) holds no such pair of its own; with the default lead-in every frame of the block is
-    compared with the one MOTION_LAG before it, whatever the block size. A lead-in of 1 reads only the
-    block's own motion: every pair ends in the block and none starts before the frame just before it.
-    """
-    if previous is None:
-        return frames
-    return np.concatenate([previous[len(previous) - lead :], frames])
 
 
 @dataclass(frozen=True)
