@@ -87,11 +87,9 @@ class WorldVectorEnv(VectorEnv):
             raise ValueError(
                 f"autoreset_mode {self.autoreset_mode.value!r} is not supported; use NextStep or SameStep"
             )
-        if not isinstance(num_envs, int) or num_envs < 1:
+        if not _whole(num_envs) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive whole number, not {num_envs!r}")
-        if max_episode_steps is not None and (
-            not isinstance(max_episode_steps, int) or max_episode_steps < 1
-        ):
+        if max_episode_steps is not None and (not _whole(max_episode_steps) or max_episode_steps < 1):
             raise ValueError(
                 f"max_episode_steps must be a positive whole number or None, not {max_episode_steps!r}"
             )
@@ -107,7 +105,7 @@ class WorldVectorEnv(VectorEnv):
             )
         self.reward_fn = resolve_reward(reward)
         self.world, self.scenario = open_world(model, scenario, device, dtype, threads, world)
-        self.num_envs = num_envs
+        self.num_envs = int(num_envs)
         self.max_episode_steps = max_episode_steps
         self.render_mode = render_mode
         fps = float(self.world.config.fps)
@@ -261,3 +259,8 @@ class WorldVectorEnv(VectorEnv):
                 frames[i] = info["frames"]
             merged["frames"], merged["_frames"] = frames, np.ones(self.num_envs, bool)
         return merged
+
+
+def _whole(value: Any) -> bool:
+    """A whole number (a numpy integer too), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))

@@ -24,9 +24,9 @@ class RecordReplay(gymnasium.Wrapper):
     """
 
     def __init__(self, env: gymnasium.Env, path: str | Path) -> None:
-        super().__init__(env)
         if not isinstance(env.unwrapped, WorldEnv):
             raise TypeError(f"RecordReplay records a WorldEnv, not a {type(env.unwrapped).__name__}")
+        super().__init__(env)
         self.path = str(path)
         folder = Path(self.path).parent
         if not folder.is_dir():  # fail now, not at the first reset
@@ -76,7 +76,7 @@ class RecordVectorReplays(gymnasium.vector.VectorWrapper):
     """Write a replay of every episode of every sub-environment of a ``WorldVectorEnv``.
 
     ``path`` holds ``"{env}"`` (the sub-environment) and may hold ``"{episode}"`` (its episode
-    number, from 0). Each line is flushed as its block is generated. The rollouts ran in a batch,
+    number, from 0); without it each episode writes over the sub-environment's last file. Each line is flushed as its block is generated. The rollouts ran in a batch,
     whose float rounding differs from one session's, so the files carry no frame hashes (their
     header says so); ``worldsim replay FILE`` regenerates each episode with a single session.
 
@@ -85,11 +85,11 @@ class RecordVectorReplays(gymnasium.vector.VectorWrapper):
     """
 
     def __init__(self, env: gymnasium.vector.VectorEnv, path: str | Path) -> None:
-        super().__init__(env)
         if not isinstance(env.unwrapped, WorldVectorEnv):
             raise TypeError(
                 f"RecordVectorReplays records a WorldVectorEnv, not a {type(env.unwrapped).__name__}"
             )
+        super().__init__(env)
         self.path = str(path)
         if "{env}" not in self.path:
             raise ValueError(

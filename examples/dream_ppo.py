@@ -41,12 +41,12 @@ def task_reward(frames: np.ndarray, info: dict[str, Any]) -> float:
     a step that cuts (a cut lands somewhere else: it is not walking)."""
     if info["cut"]:
         return 0.0
-    return reach("desert", frames) * max(travel("east", frames), 0.0)
+    return reach("desert", frames) * max(travel("east", frames, info), 0.0)
 
 
 @dataclass
 class Args:
-    steps: int = 8192  # environment steps of training in each world (all envs together)
+    steps: int = 8192  # env steps of training in each world, all envs together (512 each with 16)
     envs: int = 16  # environments stepped together
     episode: int = 16  # steps an episode lasts
     rollout: int = 32  # steps per env between updates
@@ -61,7 +61,7 @@ class Args:
     eval_episodes: int = 64
     east_px: int = 48  # success: walked this far east through the desert in an episode (6 steps)
     seed: int = 0
-    threads: int = 2
+    threads: str = "auto"  # torch threads of the dream: "auto" (one per two cores) or a number
     out: str = "runs/dream-ppo"
 
 
@@ -98,7 +98,7 @@ def make_envs(world: str, args: Args) -> gymnasium.vector.VectorEnv:
             vectorization_mode="vector_entry_point",
             reward=task_reward,
             max_episode_steps=args.episode,
-            threads=args.threads,
+            threads=args.threads if args.threads == "auto" else int(args.threads),
         )
     return gymnasium.make_vec(
         "envs:worldsim/Procedural-v0",
@@ -221,8 +221,18 @@ def evaluate(policy: Policy | None, args: Args) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for field, default in asdict(Args()).items():
-        parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+        parser.add_argument(
+            f"--{field.replace('_', '-')}", type=type(default), default=default, help=f"default: {default}"
+        )
     args = Args(**vars(parser.parse_args()))
+    counts = ("steps", "envs", "episode", "rollout", "epochs", "minibatches", "eval_episodes")
+    for name in counts:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.steps < args.envs * args.rollout:
+        parser.error(f"--steps must be at least --envs x --rollout ({args.envs * args.rollout}): one update")
+    if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
+        parser.error(f"--threads must be 'auto' or a positive number, not {args.threads!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

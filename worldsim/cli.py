@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure frames per second, latency and memory")
     model_options(bench, random=True)
-    bench.add_argument("--blocks", type=int, default=8, help="blocks to generate (default: 8)")
+    bench.add_argument("--blocks", type=int, help="blocks to generate (default: 8)")
     bench.add_argument("--seed", type=seed_number, default=0)
     bench.add_argument(
         "--batch",
@@ -389,10 +389,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.blocks < 2:
-        raise CommandError("--blocks must be at least 2")
     if args.steps is not None and args.batch is None:
         raise CommandError("--steps goes with --batch (without it, --blocks sets the length)")
+    if args.blocks is not None and args.batch is not None:
+        raise CommandError("--blocks does not go with --batch (--steps sets its length)")
+    blocks = 8 if args.blocks is None else args.blocks
+    if blocks < 2:
+        raise CommandError("--blocks must be at least 2")
     steps = 6 if args.steps is None else args.steps
     if args.batch is not None and (min(args.batch) < 1 or steps < 1):
         raise CommandError("--batch sizes and --steps must be at least 1")
@@ -405,7 +408,7 @@ def _bench(args: argparse.Namespace) -> int:
         text = format_batch_result(rows)
         print(json.dumps([row.to_dict() for row in rows], indent=2) if args.json else text)
         return 0
-    result = run_bench(world, blocks=args.blocks, seed=args.seed)
+    result = run_bench(world, blocks=blocks, seed=args.seed)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result))
     return 0
 
