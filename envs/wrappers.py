@@ -76,12 +76,13 @@ class RecordVectorReplays(gymnasium.vector.VectorWrapper):
     """Write a replay of every episode of every sub-environment of a ``WorldVectorEnv``.
 
     ``path`` holds ``"{env}"`` (the sub-environment) and may hold ``"{episode}"`` (its episode
-    number, from 0); without it each episode writes over the sub-environment's last file. Each line is flushed as its block is generated. The rollouts ran in a batch,
-    whose float rounding differs from one session's, so the files carry no frame hashes (their
-    header says so); ``worldsim replay FILE`` regenerates each episode with a single session.
+    number, from 0); without it each episode writes over the sub-environment's last file. Each
+    line is flushed as its block is generated. The rollouts ran in a batch, whose float rounding
+    differs from one session's, so the files carry no frame hashes (their header says so);
+    ``worldsim replay FILE`` regenerates each episode with a single session.
 
-        envs = RecordVectorReplays(gymnasium.make_vec("envs:worldsim/World-v0", num_envs=8,
-                                   vectorization_mode="vector_entry_point"), "runs/env{env}-{episode}.jsonl")
+        vec = RecordVectorReplays(gymnasium.make_vec("envs:worldsim/World-v0", num_envs=8,
+                                  vectorization_mode="vector_entry_point"), "runs/env{env}-{episode}.jsonl")
     """
 
     def __init__(self, env: gymnasium.vector.VectorEnv, path: str | Path) -> None:
