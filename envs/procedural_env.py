@@ -19,8 +19,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from envs.procedural.probes import MOTION_LAG
-from envs.procedural.rewards import RewardFn, resolve_reward
+from envs.procedural.rewards import RewardFn, motion_context, resolve_reward
 from envs.procedural.world import SCENARIO_PATH, ProceduralWorld, WorldConfig, parse_prompt
 from worldsim.scenario import PromptState, ScenarioError, load_scenario
 
@@ -108,8 +107,7 @@ class ProceduralEnv(gymnasium.Env):
         frames = self.world.rollout([move] * self.frames_per_step)
         previous = self.last_frames
         obs, info = self._observe(frames, change.action, change.cut or change.prompt != before, change.cut)
-        if not change.cut and previous is not None:  # as WorldEnv: none at the start, none across a cut
-            info["previous_frames"] = previous[-MOTION_LAG:]
+        info.update(motion_context(previous, change.cut))
         reward = float(self.reward_fn(frames, info)) if self.reward_fn is not None else 0.0
         return obs, reward, False, False, info
 

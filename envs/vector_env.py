@@ -33,7 +33,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.procedural.rewards import RewardFn, resolve_reward
-from envs.world_env import block_info, open_world
+from envs.world_env import block_info, frame_space, open_world, render_fps
 from worldsim.batch import BatchSession
 from worldsim.scenario import PromptState, ScenarioError
 from worldsim.session import Block
@@ -108,15 +108,12 @@ class WorldVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.max_episode_steps = max_episode_steps
         self.render_mode = render_mode
-        fps = float(self.world.config.fps)
         self.metadata = {
             **self.metadata,
-            "render_fps": int(fps) if fps.is_integer() else fps,
+            "render_fps": render_fps(self.world),
             "autoreset_mode": self.autoreset_mode,
         }
-
-        height, width = self.world.height, self.world.width
-        self.single_observation_space = spaces.Box(0, 255, (height, width, 3), np.uint8)
+        self.single_observation_space = frame_space(self.world)
         self.single_action_space = spaces.Discrete(len(self.scenario.actions))
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

@@ -22,8 +22,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from envs.procedural.probes import MOTION_LAG
-from envs.procedural.rewards import RewardFn, resolve_reward
+from envs.procedural.rewards import RewardFn, motion_context, resolve_reward
 from worldsim.bundle import load
 from worldsim.device import parse_device, parse_dtype, use_threads
 from worldsim.image import read_image
@@ -31,7 +30,7 @@ from worldsim.scenario import PromptChange, PromptState, Scenario, ScenarioError
 from worldsim.session import Block, Session
 from worldsim.world import World
 
-__all__ = ["TEXT_CHARSET", "WorldEnv", "block_info", "load_world", "open_world"]
+__all__ = ["TEXT_CHARSET", "WorldEnv", "block_info", "frame_space", "load_world", "open_world", "render_fps"]
 
 # Printable ASCII: what a text action may contain (space included, other whitespace not).
 TEXT_CHARSET = string.ascii_letters + string.digits + string.punctuation + " "
@@ -79,16 +78,26 @@ def open_world(
     return world, load_scenario(scenario)
 
 
+def frame_space(world: World) -> spaces.Box:
+    """A frame of the world, the environments' observation: ``Box(0, 255, (H, W, 3), uint8)``."""
+    return spaces.Box(0, 255, (world.height, world.width, 3), np.uint8)
+
+
+def render_fps(world: World) -> float:
+    """The world's frame rate as Gymnasium's ``render_fps`` (an int where it is whole)."""
+    fps = float(world.config.fps)
+    return int(fps) if fps.is_integer() else fps
+
+
 def block_info(block: Block, action: str, previous: Block | None = None) -> dict[str, Any]:
     """What an environment's `info` says of a block just generated, after `previous` (None at a start).
 
-    ``previous_frames``: the last ``MOTION_LAG`` frames of the block before, where motion is read
-    from (``envs.procedural.rewards``); left out at an episode's start and after a cut.
+    ``previous_frames``: the last frames of the block before, where motion is read from
+    (``envs.procedural.rewards.motion_context``); left out at an episode's start and after a cut.
     """
-    lead_in = {} if previous is None or block.cut else {"previous_frames": previous.frames[-MOTION_LAG:]}
     return {
         "frames": block.frames,
-        **lead_in,
+        **motion_context(None if previous is None else previous.frames, block.cut),
         "prompt": block.prompt,
         "block": block.index,
         "cache_frames": block.cache_frames,
@@ -205,11 +214,8 @@ class WorldEnv(gymnasium.Env):
         self.prompts = PromptState(self.scenario)
         self.render_mode = render_mode
         self.text_actions = text_actions
-        fps = float(self.world.config.fps)
-        self.metadata = {**self.metadata, "render_fps": int(fps) if fps.is_integer() else fps}
-
-        height, width = self.world.height, self.world.width
-        self.observation_space = spaces.Box(0, 255, (height, width, 3), np.uint8)
+        self.metadata = {**self.metadata, "render_fps": render_fps(self.world)}
+        self.observation_space = frame_space(self.world)
         if text_actions:
             self.action_space: spaces.Space = spaces.Text(max_length=TEXT_MAX_LENGTH, charset=TEXT_CHARSET)
         else:

@@ -22,15 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from envs.procedural.probes import biome_of, camera_motion, with_lead_in
+from envs.procedural.probes import MOTION_LAG, biome_of, camera_motion, with_lead_in
 from envs.procedural.world import BIOMES, MOVES, WorldConfig
 
-__all__ = ["REWARDS", "RewardFn", "reach", "resolve_reward", "travel"]
+__all__ = ["REWARDS", "RewardFn", "motion_context", "reach", "resolve_reward", "travel"]
 
 RewardFn = Callable[[np.ndarray, dict[str, Any]], float]
 
 # Pixels per frame the ground-truth world walks; a reward of 1.0 means moving this fast.
 WORLD_SPEED = WorldConfig().speed
+
+
+def motion_context(previous: np.ndarray | None, cut: bool) -> dict[str, np.ndarray]:
+    """The info entry a block's motion is read through: ``previous_frames``, the last ``MOTION_LAG``
+    frames of the block before; none at an episode's start (`previous` None) and none across a cut."""
+    return {} if previous is None or cut else {"previous_frames": previous[-MOTION_LAG:]}
 
 
 def travel(direction: str, frames: np.ndarray, info: dict[str, Any] | None = None) -> float:
