@@ -104,6 +104,14 @@ class Rope3D:
         return tables
 
 
+def _position_lists(
+    temporal_positions: Sequence[float] | Sequence[Sequence[float]],
+) -> Sequence[Sequence[float]]:
+    """The window's positions as a list per batch element (one list when the batch shares them)."""
+    per_sample = isinstance(temporal_positions[0], Sequence)
+    return cast(Sequence[Sequence[float]], temporal_positions if per_sample else [temporal_positions])
+
+
 def apply_rope(x: Tensor, tables: RopeTables) -> Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, S, heads, head_dim) by the tables' angles."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, S, heads, head_dim / 2) each
@@ -194,15 +202,25 @@ class CausalWanTransformer(nn.Module):
         block's); latent_size: (height, width) of a latent frame.
         """
         _, p_h, p_w = self.patch_size
-        grid_h, grid_w = latent_size[0] // p_h, latent_size[1] // p_w
+        window = self._window_tables(
+            _position_lists(temporal_positions),
+            latent_size[0] // p_h,
+            latent_size[1] // p_w,
+            past[0][0].device,
+        )
         past_tokens = past[0][0].shape[1]
-        per_sample = isinstance(temporal_positions[0], Sequence)
-        lists = cast(Sequence[Sequence[float]], temporal_positions if per_sample else [temporal_positions])
-        tables = [self.rope.tables(p, grid_h, grid_w, past[0][0].device) for p in lists]
-        cos = torch.cat([t.cos[:, :past_tokens] for t in tables])
-        sin = torch.cat([t.sin[:, :past_tokens] for t in tables])
-        rope_past = RopeTables(cos, sin)
+        rope_past = RopeTables(window.cos[:, :past_tokens], window.sin[:, :past_tokens])
         return [apply_rope(keys, rope_past) for keys, _ in past]
+
+    def _window_tables(
+        self, position_lists: Sequence[Sequence[float]], grid_h: int, grid_w: int, device: torch.device
+    ) -> RopeTables:
+        """RoPE tables of a window's keys: (1, F*H*W, 1, head_dim / 2) for one position list shared by
+        the batch, (B, ...) for one list per batch element."""
+        tables = [self.rope.tables(p, grid_h, grid_w, device) for p in position_lists]
+        if len(tables) == 1:
+            return tables[0]
+        return RopeTables(torch.cat([t.cos for t in tables]), torch.cat([t.sin for t in tables]))
 
     def forward(
         self,
@@ -230,11 +248,8 @@ class CausalWanTransformer(nn.Module):
         grid_f, grid_h, grid_w = frames // p_t, height // p_h, width // p_w
         past_tokens = 0 if past is None else past[0][0].shape[1]
         tokens_per_frame = grid_h * grid_w
-        per_sample = isinstance(temporal_positions[0], Sequence)
-        position_lists = cast(
-            Sequence[Sequence[float]], temporal_positions if per_sample else [temporal_positions]
-        )
-        if per_sample and len(position_lists) != batch:
+        position_lists = _position_lists(temporal_positions)
+        if isinstance(temporal_positions[0], Sequence) and len(position_lists) != batch:
             raise ValueError(f"{len(position_lists)} position lists given for a batch of {batch}")
         for positions in position_lists:
             if len(positions) * tokens_per_frame != past_tokens + grid_f * tokens_per_frame:
@@ -244,11 +259,7 @@ class CausalWanTransformer(nn.Module):
                 )
 
         # 1. RoPE tables: keys span the whole window, queries only the block (its last grid_f frames).
-        tables = [self.rope.tables(p, grid_h, grid_w, latents.device) for p in position_lists]
-        if len(tables) == 1:
-            rope_k = tables[0]
-        else:  # (B, F*H*W, 1, head_dim / 2)
-            rope_k = RopeTables(torch.cat([t.cos for t in tables]), torch.cat([t.sin for t in tables]))
+        rope_k = self._window_tables(position_lists, grid_h, grid_w, latents.device)
         query_start = past_tokens
         rope_q = RopeTables(rope_k.cos[:, query_start:], rope_k.sin[:, query_start:])
 

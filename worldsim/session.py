@@ -188,9 +188,9 @@ class Session:
     def _generate(self, noise: Tensor | None, changed: bool, cut: bool) -> tuple[Tensor, BlockWindow]:
         """Steps 2-4: the window, the denoised block and its commit; returns the block's clean latents."""
         guided = None
-        if self.config.guidance_scale != 1.0 and self._guided_text is None:  # once per prompt, not per block
-            self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
         if self.config.guidance_scale != 1.0:
+            if self._guided_text is None:  # once per prompt, not per block
+                self._guided_text = TextContext.concat([self._text, self.world.text_context("")])
             guided = self._guided_text
         if noise is None:
             noise = gaussian(self.world.latent_shape(self.config.block_frames), self.generator)
