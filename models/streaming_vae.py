@@ -123,8 +123,9 @@ def use_stock_convolutions(module: ModuleT) -> ModuleT:
     return module
 
 
-# Rows decoded in one call: past about 8 rollouts of 64x64 video the activations outgrow the CPU's
-# caches and a call gets slower per row (worldsim bench --batch).
+# Rows decoded in one call. 32 rollouts of 64x64 video in one call decoded slower per row than in
+# calls of a few (a 32-rollout step's decode: 2.4 s in one call, 1.3-1.5 s in calls of 8, 1.1-1.2 s
+# in calls of 2 or 4; 2 threads, two runs each).
 DECODE_ROWS = 8
 
 
@@ -258,9 +259,10 @@ class StreamingDecoder(_Streaming):
         Returns each row's video (1, 3, T', H, W): a rollout's very first latent frame decodes to
         fewer video frames than the others', so the rows may differ in length.
 
-        Rows whose caches have settled (past their first two latent frames, when every cached entry
-        is a tensor of the same shape) go through the decoder together, in one call; a rollout that
-        has just started decodes on its own, because its first frame is decoded differently.
+        Rows whose caches have settled (``_settled``: past their first two latent frames, with
+        cached entries of the same shapes) go through the decoder together, DECODE_ROWS to a call;
+        a rollout that has just started decodes on its own, because its first frame is decoded
+        differently.
         """
         if len(states) != latents.shape[0]:
             raise ValueError(f"{len(states)} decoder states for a batch of {latents.shape[0]}")

@@ -6,7 +6,7 @@ import platform
 import resource
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from worldsim.batch import BatchSession
-from worldsim.session import Session
+from worldsim.session import Block
 from worldsim.world import World
 
 
@@ -141,29 +141,21 @@ def run_batch_bench(
         for mode in modes:
             _stage_peak_mb(device)
             seeds = [seed + r for r in range(size)]
-            if mode == "batched":
-                batch = BatchSession(world, [prompts[0]] * size, seeds)
-                sessions: list[Session] = []
-            else:
-                sessions = [world.session(prompts[0], seed=s) for s in seeds]
+            set_prompt, step_all = _rollouts(world, mode == "batched", prompts[0], seeds)
             times, transformer, decode, frames = [], [], [], 0
             for step in tqdm(range(steps + 2), desc=f"{mode} x{size}", unit="step", leave=False):
-                changes = [r for r in range(size) if (step + r) % 4 == 0 and step > 0]
                 prompt = prompts[(step // 4) % len(prompts)]
                 started = time.perf_counter()
-                if mode == "batched":
-                    for r in changes:
-                        batch.set_prompt(r, prompt)
-                    blocks = batch.step()
-                else:
-                    for r in changes:
-                        sessions[r].set_prompt(prompt)
-                    blocks = [s.step() for s in sessions]
+                for r in range(size):
+                    if step > 0 and (step + r) % 4 == 0:
+                        set_prompt(r, prompt)
+                blocks = step_all()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if step >= 2:
                     times.append(time.perf_counter() - started)
-                    seconds = [b.seconds for b in blocks] if mode != "batched" else [blocks[0].seconds]
+                    # a batch's blocks share one step's stage times; sessions' add up
+                    seconds = [blocks[0].seconds] if mode == "batched" else [b.seconds for b in blocks]
                     transformer.append(sum(s["transformer"] for s in seconds))
                     decode.append(sum(s["decode"] for s in seconds))
                     frames += sum(b.frames.shape[0] for b in blocks)
@@ -181,6 +173,25 @@ def run_batch_bench(
                 )
             )
     return rows
+
+
+def _rollouts(
+    world: World, batched: bool, prompt: str, seeds: Sequence[int]
+) -> tuple[Callable[[int, str], None], Callable[[], list[Block]]]:
+    """Rollouts from `prompt`, one per seed, in one BatchSession or as separate sessions: how to set
+    rollout r's prompt, and how to step them all (one Block each)."""
+    if batched:
+        batch = BatchSession(world, [prompt] * len(seeds), seeds)
+        return batch.set_prompt, batch.step
+    sessions = [world.session(prompt, seed=s) for s in seeds]
+
+    def set_prompt(row: int, text: str) -> None:
+        sessions[row].set_prompt(text)
+
+    def step_all() -> list[Block]:
+        return [session.step() for session in sessions]
+
+    return set_prompt, step_all
 
 
 def format_batch_result(rows: Sequence[BatchBenchRow]) -> str:

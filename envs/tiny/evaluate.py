@@ -365,6 +365,7 @@ def measure_cuts(rollout: Rollout, cuts: int, seed: int, after: int = 0) -> list
     """
     pairs = [(a, b) for a in BIOMES for b in BIOMES if a != b]
     measured = []
+    references: dict[tuple[str, str], np.ndarray] = {}  # the target's look, drawn once
     for index in range(cuts):
         source, target = pairs[index % len(pairs)]
         condition = CONDITIONS[(index // len(pairs)) % 3]
@@ -375,8 +376,9 @@ def measure_cuts(rollout: Rollout, cuts: int, seed: int, after: int = 0) -> list
         quality = math.nan
         if after:
             blocks = [first, *(rollout.step(target, condition, "north") for _ in range(after))]
-            reference = reference_frames(target, condition, 64, seed=seed + 7)
-            quality = frame_quality(np.concatenate(blocks), reference)
+            if (target, condition) not in references:
+                references[target, condition] = reference_frames(target, condition, 64, seed=seed + 7)
+            quality = frame_quality(np.concatenate(blocks), references[target, condition])
         measured.append(Cut(source, target, condition, biome_of(first), quality))
     return measured
 
