@@ -139,6 +139,11 @@ class TextContext:
             tuple(torch.cat(layer) for layer in zip(*(c.values for c in contexts), strict=True)),
         )
 
+    def rows(self, rows: Sequence[int]) -> TextContext:
+        """The context of some prompts of the batch, in that order."""
+        index = list(rows)
+        return TextContext(tuple(k[index] for k in self.keys), tuple(v[index] for v in self.values))
+
 
 LayerKV = tuple[Tensor, Tensor]  # un-rotated (keys, values), each (B, tokens, heads, head_dim)
 

@@ -91,8 +91,11 @@ def assert_same_rollouts(single: list[list[Block]], batched: list[list[Block]]) 
             positions="absolute", cut_keeps_sink=False, flush_keep_frames=1
         ),  # fresh window at a cut
         EngineConfig(guidance_scale=2.0, lead_in_blocks=1, block_frames=1, window_frames=4),
+        EngineConfig(
+            block_frames=1, window_frames=4, flush_on_prompt_change=False, recache_on_prompt_change=True
+        ),
     ],
-    ids=["relative", "absolute-fresh-cut", "guided-lead-in"],
+    ids=["relative", "absolute-fresh-cut", "guided-lead-in", "recache"],
 )
 def test_batched_rollouts_equal_single_sessions(config: EngineConfig) -> None:
     world = tiny_world(config)

@@ -60,16 +60,18 @@ def test_eval_rows_and_table(world) -> None:
     assert [r.name for r in rows] == [world.name, "ground truth", "ground truth through the VAE"]
     model, truth, round_trip = rows
     assert truth.action_following == 1.0 and truth.cut_accuracy == 1.0
-    assert truth.switch_latency_flush == truth.switch_latency_no_flush == 1.0
+    assert truth.switch_latency == {"flush": 1.0, "no flush": 1.0, "recache": 1.0}
+    assert truth.switch_quality["flush"] > 0.8
     assert truth.switch_latency_by_kind == {"light": 1.0, "action": 1.0}
     assert min(truth.quality_early.values()) > 0.9
     for row in rows:
         assert 0.0 <= row.action_following <= 1.0 and 0.0 <= row.cut_accuracy <= 1.0
-        assert 1.0 <= row.switch_latency_flush <= 6.0
-        assert set(row.quality_late) == {"relative", "absolute", "rolling"}
+        assert all(1.0 <= latency <= 6.0 for latency in row.switch_latency.values())
+        assert all(0.0 <= quality <= 1.0 for quality in row.switch_quality.values())
+        assert set(row.quality_late) == {"relative", "onset", "absolute", "rolling"}
         assert row.fps > 0
     assert model.peak_mem_mb > 0 and math.isnan(round_trip.peak_mem_mb)
-    assert set(model.quality_gap_late) == {"absolute", "rolling"} and not truth.quality_gap_late
+    assert set(model.quality_gap_late) == {"onset", "absolute", "rolling"} and not truth.quality_gap_late
     assert len(model.switches) == 4 and len(model.cuts) == 6
     assert not truth.late_switches() and not truth.missed_cuts()
     table = format_table(rows, 100)
@@ -77,9 +79,12 @@ def test_eval_rows_and_table(world) -> None:
     assert "frames 0-50 -> frames 50-100" in table
     assert "by kind of switch: " in table and "ground truth light 1.00, action 1.00" in table
     assert "ground truth: switches shown late: none. Cuts missed: none." in table
-    assert f"{model.name}, late quality of relative positions minus: absolute" in table
+    assert "switch latency, recache" in table and "quality around a switch" in table
+    assert f"{model.name}, late quality of relative positions minus: onset" in table
     for row in rows:  # the flush column is the mean over both kinds (as many switches of each)
-        assert row.switch_latency_flush == pytest.approx(np.mean(list(row.switch_latency_by_kind.values())))
+        assert row.switch_latency["flush"] == pytest.approx(
+            np.mean(list(row.switch_latency_by_kind.values()))
+        )
     assert 0.5 < truth.sharpness < 2.0 and model.sharpness >= 0.0
     assert [(c.delta, c.keeps_sink) for c in model.cut_ablation] == [
         (6, True),
@@ -160,10 +165,12 @@ def test_the_table_names_late_switches_missed_cuts_and_the_quality_gap() -> None
     assert math.isnan(paired_gap(np.array([0.5]), np.array([0.4]))[1])
 
     row = EvalResult(
-        name="m", action_following=1.0, switch_latency_flush=1.5, switch_latency_no_flush=1.5,
+        name="m", action_following=1.0,
+        switch_latency=dict.fromkeys(("flush", "no flush", "recache"), 1.5),
+        switch_quality=dict.fromkeys(("flush", "no flush", "recache"), 0.5),
         switch_latency_by_kind={"light": 2.0, "action": 1.0},
-        quality_early=dict.fromkeys(("relative", "absolute", "rolling"), 0.5),
-        quality_late=dict.fromkeys(("relative", "absolute", "rolling"), 0.5),
+        quality_early=dict.fromkeys(("relative", "onset", "absolute", "rolling"), 0.5),
+        quality_late=dict.fromkeys(("relative", "onset", "absolute", "rolling"), 0.5),
         quality_gap_late={"absolute": (0.02, 0.004), "rolling": (-0.001, 0.003)},
         cut_accuracy=0.5,
         switches=[

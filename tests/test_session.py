@@ -10,6 +10,7 @@ from tests.conftest import tiny_world
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
 from worldsim.positions import block_positions
+from worldsim.rollout import recache
 from worldsim.session import NonFiniteError
 
 W, N = 6, 3  # reference window and block
@@ -105,6 +106,55 @@ def test_prompt_change_flushes_and_shows_in_the_very_next_block(keep: int) -> No
     assert a.positions == tuple(range(1 + keep + N))
     assert not np.array_equal(a.frames, c.frames)  # the new prompt shows at once
     assert np.array_equal(b.frames, c.frames)  # re-setting the same prompt changes nothing
+
+
+RECACHE = EngineConfig(
+    block_frames=1, window_frames=4, flush_on_prompt_change=False, recache_on_prompt_change=True
+)
+
+
+def test_recache_under_the_same_prompt_gives_back_the_same_cache() -> None:
+    """The cache keeps each held frame's latents: encoded again under the prompt that made them, at
+    their positions, they give the keys/values the cache holds (blocks of one frame and nothing
+    evicted yet, so that the frame-by-frame re-encoding sees what the first encoding saw)."""
+    world = tiny_world(RECACHE)
+    session = world.session("a meadow", seed=3)
+    for _ in range(3):
+        session.step()
+    before = [(k.clone(), v.clone()) for k, v in session.cache.layers()]
+    held = list(session.cache.held[0])
+    assert session.cache.held_contexts(0).shape[1] == len(held) == 3
+    recache(world.model, session.cache, RECACHE, [0], world.text_context("a meadow"))
+    assert session.cache.held[0] == held
+    for (k0, v0), (k1, v1) in zip(before, session.cache.layers(), strict=True):
+        torch.testing.assert_close(k1, k0, rtol=0, atol=1e-5)
+        torch.testing.assert_close(v1, v0, rtol=0, atol=1e-5)
+    recache(world.model, session.cache, RECACHE, [0], world.text_context("a snowfield"))
+    # another prompt: new keys from the second layer on (the first layer's come before any text)
+    assert not torch.allclose(session.cache.layers()[-1][0], before[-1][0])
+
+
+def test_a_prompt_change_with_recache_keeps_every_frame_and_renews_them() -> None:
+    world = tiny_world(RECACHE)
+    recached, kept = (
+        world.session("a meadow", seed=7),
+        world.session("a meadow", seed=7, config=RECACHE.replace(recache_on_prompt_change=False)),
+    )
+    for _ in range(4):
+        a, b = recached.step(), kept.step()
+        assert np.array_equal(a.frames, b.frames)
+    held = list(recached.cache.held[0])
+    recached.set_prompt("a snowfield")
+    kept.set_prompt("a snowfield")
+    a, b = recached.step(), kept.step()
+    assert not a.flushed and a.positions == b.positions == (0, 1, 2, 3)  # a full window, nothing trimmed
+    assert recached.cache.held[0] == [*held[:1], *held[2:], 4]
+    assert not np.array_equal(a.frames, b.frames)  # the held frames' keys were renewed under the new prompt
+
+
+def test_recache_and_flush_are_not_both_on() -> None:
+    with pytest.raises(ValueError, match="either flushes or recaches"):
+        EngineConfig(recache_on_prompt_change=True)
 
 
 def test_cut_shifts_only_the_first_block_after_it() -> None:

@@ -10,6 +10,9 @@ Every update gathers the kept frames into new tensors (never writes in place), s
 serves inference under ``torch.no_grad()`` and training, where gradients flow through the cache.
 Rollouts of a batch may hold different numbers of frames (one was flushed, another not): their
 frames are packed at the front of each row, and ``key_mask`` says which slots are real.
+
+The cache can also keep the latent frames whose keys/values it holds (what each context pass
+was run on), so that a recache can run them again under another prompt.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class KVCache:
         self.held: list[list[int]] = [[] for _ in range(batch)]
         self._layers: list[LayerKV] = []  # per layer (B, slots * tokens_per_frame, heads, head_dim)
         self._tokens_per_frame = 0
+        # per rollout, by rollout index, the latent frame (C, h, w) of each held frame given to commit
+        self._contexts: list[dict[int, Tensor]] = [{} for _ in range(batch)]
 
     def frames(self, row: int = 0) -> int:
         """Number of frames rollout `row` holds."""
@@ -89,12 +94,16 @@ class KVCache:
         return padded
 
     def commit(
-        self, block_kv: Sequence[LayerKV], frame_indices: Sequence[int] | Sequence[Sequence[int]]
+        self,
+        block_kv: Sequence[LayerKV],
+        frame_indices: Sequence[int] | Sequence[Sequence[int]],
+        contexts: Tensor | None = None,
     ) -> None:
         """Add a finished block's keys/values to every rollout, evicting the oldest non-sink frames.
 
         frame_indices: the rollout indices of the block's frames, the same for every rollout or a
-        list per rollout.
+        list per rollout; contexts: the block's latents (B, C, n, h, w) the keys/values were made
+        from, kept with them (``held_contexts``).
         """
         if len(block_kv) != self.num_layers:
             raise ValueError(f"expected keys/values for {self.num_layers} layers, got {len(block_kv)}")
@@ -135,6 +144,26 @@ class KVCache:
                 values = torch.cat([held_values, values.to(held_values.dtype)], dim=1)
             layers.append(self._gather(keys, values, sources))
         self._layers, self.held = layers, held
+        if contexts is not None:
+            for rollout, block_indices in enumerate(per_row):
+                for frame, index in enumerate(block_indices):
+                    self._contexts[rollout][index] = contexts[rollout, :, frame]
+        self._forget_contexts()
+
+    def held_contexts(self, row: int = 0) -> Tensor | None:
+        """The latent frames of rollout `row`'s held frames, (C, frames, h, w) oldest first; None when
+        a held frame was committed without its latents (or none is held)."""
+        kept = self._contexts[row]
+        if not self.held[row] or any(index not in kept for index in self.held[row]):
+            return None
+        return torch.stack([kept[index] for index in self.held[row]], dim=1)
+
+    def _forget_contexts(self) -> None:
+        """Drop the latents of frames no longer held."""
+        self._contexts = [
+            {i: kept[i] for i in held if i in kept}
+            for kept, held in zip(self._contexts, self.held, strict=True)
+        ]
 
     def flush(self, keep_frames: int, rows: Iterable[int] | None = None) -> None:
         """KV Flush: the given rollouts (all by default) keep only the sink and their last `keep_frames`."""
@@ -159,6 +188,7 @@ class KVCache:
         taken = KVCache(self.num_layers, self.capacity, self.sink_frames, batch=len(rows))
         taken._tokens_per_frame = self._tokens_per_frame
         taken.held = [list(self.held[r]) for r in rows]
+        taken._contexts = [dict(self._contexts[r]) for r in rows]
         current = self.layers()
         if current is not None:
             sources = [list(range(len(self.held[r]))) for r in rows]
@@ -185,6 +215,10 @@ class KVCache:
         ]
         mine, theirs = self.layers(), other.layers()
         self.held = held
+        self._contexts = [
+            dict(other._contexts[replaced[r]]) if r in replaced else kept
+            for r, kept in enumerate(self._contexts)
+        ]
         if mine is None and theirs is None:
             self._layers = []
             return
@@ -219,6 +253,7 @@ class KVCache:
             return
         current = self.layers()
         self.held = held
+        self._forget_contexts()
         if current is not None:
             self._layers = [self._gather(k, v, sources) for k, v in current]
 

@@ -28,6 +28,8 @@ class EngineConfig:
     sink_frames: int = 1  # first frames of the rollout that are never evicted (the global sink)
     flush_keep_frames: int = 2  # recent frames a KV Flush keeps besides the sink
     flush_on_prompt_change: bool = True  # False: a new prompt renews only the text keys/values
+    # True: a new prompt re-encodes every cached frame under it (LongLive's recache), no flush
+    recache_on_prompt_change: bool = False
     cut_delta: int = 42  # a RoPE Cut shifts the next block's temporal positions by this much
     cut_keeps_sink: bool = True  # False: a cut starts a fresh window whose first frame is the new sink
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)  # timesteps before the shift warp
@@ -61,6 +63,8 @@ class EngineConfig:
                 f"flush_keep_frames ({self.flush_keep_frames}) plus the sink must fit in the "
                 f"{self.window_frames - self.block_frames} frames kept between blocks"
             )
+        if self.recache_on_prompt_change and self.flush_on_prompt_change:
+            problems.append("a prompt change either flushes or recaches: set flush_on_prompt_change to false")
         if not self.denoising_steps or any(int(t) != t or not 0 < t <= 1000 for t in self.denoising_steps):
             problems.append("denoising_steps must be a non-empty list of whole timesteps in (0, 1000]")
         if list(self.denoising_steps) != sorted(self.denoising_steps, reverse=True):

@@ -10,6 +10,9 @@ bit-identical):
 2. the caller runs the model on the block against the window (``BlockWindow.predict``): the
    sampler's denoising steps at inference, a noised training block in training;
 3. ``close_block``: the context pass over the finished block writes its keys/values into the cache.
+
+``recache`` is the other answer to a prompt change (LongLive's, instead of a KV Flush): the held
+frames' keys/values made again under the new prompt.
 """
 
 from __future__ import annotations
@@ -143,7 +146,33 @@ def close_block(
 ) -> None:
     """Step 3 of a block: the context pass over the finished block; its keys/values go into the cache."""
     _, block_kv = window.predict(model, context, timestep, text)
-    cache.commit(block_kv, [list(range(s, s + window.frames)) for s in window.starts])
+    cache.commit(block_kv, [list(range(s, s + window.frames)) for s in window.starts], contexts=context)
+
+
+def recache(
+    model: CausalWanTransformer, cache: KVCache, config: EngineConfig, rows: Sequence[int], text: TextContext
+) -> None:
+    """LongLive's recache: the given rollouts' held frames re-encoded under their new prompt `text`.
+
+    Instead of a KV Flush, a prompt change keeps every held frame but renews its keys/values: each
+    held latent frame gets its context pass again, oldest first, attending to the frames re-encoded
+    before it, at the timestep it was first encoded at (``context_noise``). Frames are re-encoded
+    one at a time, so frames of one block, which saw each other when first encoded, now see only
+    the earlier ones. text: one prompt per rollout of the cache.
+    """
+    one_frame = config.replace(block_frames=1, flush_keep_frames=0)
+    for row in rows:
+        latents = cache.held_contexts(row)
+        if latents is None:
+            continue  # nothing held (or frames committed without their latents): nothing to renew
+        renewed = KVCache(cache.num_layers, cache.capacity, cache.sink_frames)
+        timestep = torch.full((1,), float(config.context_noise), device=latents.device)
+        for frame, index in enumerate(cache.held[row]):
+            window = open_block(renewed, one_frame, index, changed=[False], cut=[False])
+            close_block(
+                model, renewed, window, latents[None, :, frame : frame + 1], timestep, text.rows([row])
+            )
+        cache.put([row], renewed)
 
 
 def _copied(past: list[LayerKV] | None, copies: int) -> list[LayerKV] | None:

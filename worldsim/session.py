@@ -27,7 +27,7 @@ from models.causal_wan import CausalWanTransformer, TextContext
 from models.streaming_vae import DecoderState, StreamingDecoder, to_uint8_frames
 from worldsim.cache import KVCache
 from worldsim.config import EngineConfig
-from worldsim.rollout import BlockWindow, close_block, open_block
+from worldsim.rollout import BlockWindow, close_block, open_block, recache
 from worldsim.sampler import Generators, gaussian, renoise, sample_block
 
 if TYPE_CHECKING:
@@ -272,7 +272,16 @@ def generate_block(
     latents. NonFiniteError, naming the blocks, if the model makes NaN or Inf latents: then nothing
     of the block is committed.
     """
-    # 2. KV Flush or RoPE Cut, and the window's temporal positions.
+    # 2. KV Flush (or recache) or RoPE Cut, and the window's temporal positions.
+    if config.recache_on_prompt_change:
+        renew = [
+            b
+            for b, (changed, cut, start) in enumerate(
+                zip(request.changed, request.cuts, request.starts, strict=True)
+            )
+            if changed and not cut and start > 0
+        ]
+        recache(model, cache, config, renew, text)
     window = open_block(cache, config, request.starts, changed=request.changed, cut=request.cuts)
 
     # 3. Denoise the block against the cache.

@@ -74,6 +74,11 @@ def register_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="fewer episodes and a shorter walk, for a first look"
     )
+    parser.add_argument(
+        "--long-horizon",
+        action="store_true",
+        help="measure only the long walk under every position scheme (for long walks: --frames 100000)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--write-card", action="store_true", help="put the table into the bundle's MODEL_CARD.md"
@@ -82,13 +87,18 @@ def register_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from envs.tiny.evaluate import evaluate, format_table, write_card
+    from envs.tiny.evaluate import evaluate, format_table, long_horizon_report, write_card
     from worldsim.cli import open_world
 
     frames = args.frames if args.frames is not None else (QUICK_FRAMES if args.quick else EVAL_FRAMES)
     if frames < 100:
         raise CommandError("--frames must be at least 100")
     world = open_world(args)
+    if args.long_horizon:
+        if args.json or args.write_card:
+            raise CommandError("--long-horizon prints a table of its own: no --json or --write-card")
+        print(long_horizon_report(world, frames, seed=args.seed))
+        return 0
     rows = evaluate(world, frames=frames, seed=args.seed, quick=args.quick)
     table = format_table(rows, frames)
     if args.json:

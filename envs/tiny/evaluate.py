@@ -8,12 +8,16 @@ row), with the probes of ``envs.procedural.probes``:
   against the one 4 before it, which for its first frames lies in the block before) is the
   commanded direction (or idle);
 - ``switch_latency_blocks``: after a prompt switch (a new action or a new light), how many blocks
-  until a block shows it (1 = the very next block), with KV Flush and without it; a new action is
-  read over the block alone, from the frame before it to its last frame;
+  until a block shows it (1 = the very next block), in three modes: with KV Flush, with no flush
+  (only the text renewed) and with LongLive's recache (every held frame re-encoded under the new
+  prompt); a new action is read over the block alone, from the frame before it to its last frame;
+  with each mode also the quality around the switch: ``frame_quality`` of the first
+  SWITCH_QUALITY_BLOCKS blocks after it against ground truth of the new look;
 - long horizon: ``frame_quality`` against ground-truth frames of the same biome and light, over
-  the first and the last 1,000 frames of a long rollout, for three position schemes:
-  Block-Relativistic RoPE; absolute positions that grow past the training horizon; and a rolling
-  cache with absolute positions and no sink (Self-Forcing style);
+  the first and the last 1,000 frames of a long rollout, for four position schemes:
+  Block-Relativistic RoPE; the onset variant (the block anchored at the engine's onset frame);
+  absolute positions that grow past the training horizon (a Self-Forcing model unchanged); and a
+  rolling cache with absolute positions and no sink;
 - ``sharpness``: the variance of the Laplacian of the first 1,000 frames (relative positions)
   over that of ground-truth frames of the same look: 1 as sharp as the world, lower blurrier;
 - ``cut_accuracy``: share of cuts after which the first block shows the requested biome; for the
@@ -66,6 +70,13 @@ from worldsim.world import World
 
 MOVING = tuple(a for a in ACTIONS if a != "idle")
 LATENCY_CAP = 6  # blocks; a switch not shown by then counts as this
+SWITCH_QUALITY_BLOCKS = 3  # blocks after a switch whose quality is read against the new look
+# How a session answers a prompt change: the engine setting each mode changes.
+SWITCH_MODES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
+    "flush": lambda c: c.replace(flush_on_prompt_change=True, recache_on_prompt_change=False),
+    "no flush": lambda c: c.replace(flush_on_prompt_change=False, recache_on_prompt_change=False),
+    "recache": lambda c: c.replace(flush_on_prompt_change=False, recache_on_prompt_change=True),
+}
 
 
 @dataclass
@@ -74,8 +85,8 @@ class EvalResult:
 
     name: str
     action_following: float
-    switch_latency_flush: float
-    switch_latency_no_flush: float
+    switch_latency: dict[str, float]  # switch mode (SWITCH_MODES) -> mean blocks until a switch shows
+    switch_quality: dict[str, float]  # switch mode -> mean quality of the blocks after a switch
     # the flush column by kind of switch: a new light, a new action
     switch_latency_by_kind: dict[str, float] = field(default_factory=dict)
     quality_early: dict[str, float] = field(default_factory=dict)  # scheme -> score over the first 1k frames
@@ -278,6 +289,7 @@ class Switch:
     before: str  # the old light or action
     after: str  # the new one
     latency: int  # blocks until a block shows `after` (1 = the very next); LATENCY_CAP if none did
+    quality: float = math.nan  # frame_quality of the SWITCH_QUALITY_BLOCKS blocks after it, new look
 
     def describe(self) -> str:
         """E.g. "desert: fog → day, 2 blocks"."""
@@ -321,10 +333,12 @@ def measure_switches(rollout: Rollout, switches: int, seed: int) -> list[Switch]
     """Each prompt switch with the blocks it took to show; kinds alternate, a new light first.
 
     A new light is read by the condition classifier, a new action from the camera motion; a switch
-    not shown within LATENCY_CAP blocks counts as LATENCY_CAP.
+    not shown within LATENCY_CAP blocks counts as LATENCY_CAP. The first SWITCH_QUALITY_BLOCKS
+    blocks after the switch are also scored against ground truth of the new look.
     """
     rng = np.random.default_rng([seed, 2])
     measured = []
+    references: dict[tuple[str, str], np.ndarray] = {}
     for switch in range(switches):
         biome, kind = BIOMES[switch % 3], ("light", "action")[switch % 2]
         if kind == "light":  # a new light: measured with the condition classifier
@@ -343,17 +357,25 @@ def measure_switches(rollout: Rollout, switches: int, seed: int) -> list[Switch]
         rollout.start(*old, seed=seed * 1000 + switch)
         for _ in range(3):
             previous = rollout.step(*old)
-        latency = LATENCY_CAP
+        latency, blocks = LATENCY_CAP, []
         for block in range(1, LATENCY_CAP + 1):
             frames = rollout.step(*new)
+            blocks.append(frames)
             # An action is read over the block alone (from the frame before it): a pair that starts
             # further back holds steps of the old action, and on a reversal the world itself would
             # then read only a quarter of its speed.
-            if shows(frames if kind == "light" else with_lead_in(previous, frames, lead=1)):
+            if latency == LATENCY_CAP and shows(
+                frames if kind == "light" else with_lead_in(previous, frames, lead=1)
+            ):
                 latency = block
+            if latency < LATENCY_CAP and block >= SWITCH_QUALITY_BLOCKS:
                 break
             previous = frames
-        measured.append(Switch(kind, biome, before, after, latency))
+        look = (new[0], new[1])
+        if look not in references:
+            references[look] = reference_frames(*look, 64, seed=seed + 11)
+        quality = frame_quality(np.concatenate(blocks[:SWITCH_QUALITY_BLOCKS]), references[look])
+        measured.append(Switch(kind, biome, before, after, latency, quality))
     return measured
 
 
@@ -472,9 +494,46 @@ def paired_gap(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
 
 SCHEMES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
     "relative": lambda c: c.replace(positions="relative"),
+    "onset": lambda c: c.replace(positions="onset"),
     "absolute": lambda c: c.replace(positions="absolute"),
     "rolling": lambda c: c.replace(positions="absolute", sink_frames=0),
 }
+
+
+def trimming_flush(config: EngineConfig) -> EngineConfig:
+    """The config with a KV Flush that trims a full window: at most the kept frames less one besides
+    the sink (a window of 4 with 2 kept would flush nothing)."""
+    room = config.kept_frames - config.sink_frames - 1
+    return config.replace(flush_keep_frames=max(0, min(config.flush_keep_frames, room)))
+
+
+def mean_quality(switches: Sequence[Switch]) -> float:
+    """The mean quality after every switch."""
+    return float(np.mean([s.quality for s in switches]))
+
+
+def long_horizon_schemes(
+    make: Callable[[EngineConfig], Rollout],
+    config: EngineConfig,
+    schemes: Sequence[str],
+    frames: int,
+    window: int,
+    seed: int,
+    reference: np.ndarray,
+    name: str,
+) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[float, float]], float]:
+    """The long walk under each position scheme: early and late quality by scheme, the paired gap of
+    relative positions to each other scheme over the late chunks, and the relative scheme's sharpness."""
+    early_by, late_by, late_chunks, sharpness = {}, {}, {}, math.nan
+    for scheme in schemes:
+        rollout = make(SCHEMES[scheme](config))
+        early, late, sharp = long_horizon(rollout, frames, window, seed, reference, f"{name} {scheme}")
+        if scheme == "relative":
+            sharpness = sharp
+        early_by[scheme] = float(early.mean())
+        late_by[scheme], late_chunks[scheme] = float(late.mean()), late
+    gaps = {s: paired_gap(late_chunks["relative"], late_chunks[s]) for s in schemes if s != "relative"}
+    return early_by, late_by, gaps, sharpness
 
 
 def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = False) -> list[EvalResult]:
@@ -487,35 +546,27 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     reference = reference_frames("meadow", "day", 256, seed=seed + 99)
 
     def measure(name: str, make: Callable[[EngineConfig], Rollout], schemes: tuple[str, ...]) -> EvalResult:
-        """One row; a ceiling (one scheme) has no cache, so one switch measurement serves both columns."""
+        """One row; a ceiling (one scheme) has no cache, so one switch measurement serves every mode."""
         print(f"measuring {name} ...", file=sys.stderr, flush=True)  # stdout may carry JSON
-        switched = measure_switches(make(config.replace(flush_keep_frames=1)), switches, seed)
-        flush = mean_latency(switched)
-        if len(schemes) > 1:
-            no_flush = switch_latency(make(config.replace(flush_on_prompt_change=False)), switches, seed)
-        else:
-            no_flush = flush
+        by_mode = {}
+        for mode, change in SWITCH_MODES.items() if len(schemes) > 1 else [("flush", SWITCH_MODES["flush"])]:
+            by_mode[mode] = measure_switches(make(change(trimming_flush(config))), switches, seed)
+        switched = by_mode["flush"]
         cut = measure_cuts(make(config), cuts, seed)
         result = EvalResult(
             name=name,
             action_following=action_following(make(config), episodes, seed),
-            switch_latency_flush=flush,
-            switch_latency_no_flush=no_flush,
+            switch_latency={mode: mean_latency(by_mode.get(mode, switched)) for mode in SWITCH_MODES},
+            switch_quality={mode: mean_quality(by_mode.get(mode, switched)) for mode in SWITCH_MODES},
             switch_latency_by_kind=latency_by_kind(switched),
             cut_accuracy=cut_accuracy(cut),
             switches=switched,
             cuts=cut,
         )
-        late_chunks = {}
-        for scheme in schemes:
-            rollout = make(SCHEMES[scheme](config))
-            early, late, sharp = long_horizon(rollout, frames, window, seed, reference, f"{name} {scheme}")
-            if scheme == "relative":
-                result.sharpness = sharp
-            result.quality_early[scheme] = float(early.mean())
-            result.quality_late[scheme], late_chunks[scheme] = float(late.mean()), late
-        for scheme in schemes[1:]:
-            result.quality_gap_late[scheme] = paired_gap(late_chunks["relative"], late_chunks[scheme])
+        result.quality_early, result.quality_late, result.quality_gap_late, sharpness = long_horizon_schemes(
+            make, config, schemes, frames, window, seed, reference, name
+        )
+        result.sharpness = sharpness
         return result
 
     model = measure(world.name, lambda c: ModelRollout(world, c), tuple(SCHEMES))
@@ -542,13 +593,40 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     return [model, *ceilings]
 
 
+def long_horizon_report(world: World, frames: int, seed: int = 0) -> str:
+    """Only the long walk, under every position scheme (for walks too long for the whole eval, such as
+    100,000 frames): a Markdown table of early and late quality and the paired late gaps."""
+    window = min(1000, frames // 2)
+    reference = reference_frames("meadow", "day", 256, seed=seed + 99)
+    early, late, gaps, sharpness = long_horizon_schemes(
+        lambda c: ModelRollout(world, c),
+        world.config,
+        tuple(SCHEMES),
+        frames,
+        window,
+        seed,
+        reference,
+        world.name,
+    )
+    lines = [
+        f"{world.name}: quality of frames 0-{window} and {frames - window}-{frames} of a {frames}-frame walk",
+        "",
+        "| positions | first | last | late gap, relative minus it |",
+        "|---|---|---|---|",
+    ]
+    for scheme in SCHEMES:
+        gap = "-" if scheme not in gaps else f"{gaps[scheme][0]:+.3f} ± {gaps[scheme][1]:.3f}"
+        lines.append(f"| {scheme} | {early[scheme]:.3f} | {late[scheme]:.3f} | {gap} |")
+    lines.append(f"\nsharpness of the first {window} frames (relative): {sharpness:.3f} of the world's")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[EvalResult], frames: int) -> str:
     """The eval table as Markdown; quality cells read "first 1k frames -> last 1k frames"."""
     header = [
         "",
         "action following",
-        "switch latency, flush",
-        "switch latency, no flush",
+        *(f"switch latency, {mode}" for mode in SWITCH_MODES),
         *(f"quality, {scheme}" for scheme in SCHEMES),
         "sharpness",
         "cut accuracy",
@@ -560,8 +638,7 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
         cells = [
             row.name,
             f"{row.action_following:.2f}",
-            f"{row.switch_latency_flush:.2f}",
-            f"{row.switch_latency_no_flush:.2f}",
+            *(f"{row.switch_latency[mode]:.2f}" for mode in SWITCH_MODES),
             *(f"{row.quality_early[s]:.3f} → {row.quality_late[s]:.3f}" for s in SCHEMES),
             f"{row.sharpness:.3f}",
             f"{row.cut_accuracy:.2f}",
@@ -584,6 +661,14 @@ def format_table(rows: list[EvalResult], frames: int) -> str:
             for setting in row.cut_ablation:
                 sink = "kept" if setting.keeps_sink else "replaced"
                 lines.append(f"| {setting.delta} | {sink} | {setting.accuracy:.2f} | {setting.quality:.3f} |")
+
+    lines.append(
+        f"\nquality around a switch (the {SWITCH_QUALITY_BLOCKS} blocks after it, against the new look): "
+        + "; ".join(
+            f"{row.name} " + ", ".join(f"{mode} {row.switch_quality[mode]:.3f}" for mode in SWITCH_MODES)
+            for row in rows
+        )
+    )
 
     def kinds(row: EvalResult) -> str:
         return ", ".join(f"{kind} {value:.2f}" for kind, value in row.switch_latency_by_kind.items())
