@@ -67,6 +67,27 @@ def test_generate_from_a_script(bundle, tmp_path) -> None:
     assert read_video(out).shape == (9 + 3 * 12, HEIGHT, WIDTH, 3)
 
 
+def test_how_a_prompt_change_is_taken_in_is_an_option(bundle, tmp_path, capsys) -> None:
+    """--on-prompt-change flush / keep / recache: three answers to the same script, three videos."""
+    videos = {}
+    for answer in ("flush", "keep", "recache"):
+        out = tmp_path / f"{answer}.mp4"
+        script = ["--script", "a meadow [3b] | a city [2b]"]
+        assert (
+            main(["generate", "--model", bundle, *script, "--on-prompt-change", answer, "--out", str(out)])
+            == 0
+        )
+        videos[answer] = read_video(out)
+    before = 9 + 2 * 12  # the first shot's frames are the same in every video
+    assert all((v[:before] == videos["flush"][:before]).all() for v in videos.values())
+    # this bundle's flush keeps the sink and 2 frames of a window of 3 held frames: it trims nothing
+    assert (videos["flush"] == videos["keep"]).all()
+    assert not (videos["recache"][before:] == videos["keep"][before:]).all()
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", bundle, *script, "--on-prompt-change", "forget", "--out", "x.mp4"])
+    assert "invalid choice: 'forget'" in capsys.readouterr().err
+
+
 def test_generate_errors(bundle, tmp_path, capsys) -> None:
     out = str(tmp_path / "v.mp4")
     assert main(["generate", "--model", bundle, "--script", "a [2s] | b [x]", "--out", out]) == 2

@@ -14,6 +14,7 @@ a run that fails on its way (NaN latents, a replay that does not match) exits 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -214,6 +215,12 @@ def model_options(parser: argparse.ArgumentParser, random: bool = False) -> None
     weights.add_argument(
         "--size", type=_video_size, metavar="WxH", help="video size of a Wan folder (default: 832x480)"
     )
+    parser.add_argument(
+        "--on-prompt-change",
+        choices=("flush", "keep", "recache"),
+        help="how a new prompt is taken in: flush (KV Flush, the default), keep (only the text renewed) "
+        "or recache (the held frames re-encoded under it, LongLive's)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     threads_option(parser)
@@ -257,7 +264,7 @@ def open_world(args: argparse.Namespace) -> World:
     use_threads(getattr(args, "threads", None))
     if getattr(args, "random", None):
         try:
-            return random_world(args.random, device=device, dtype=dtype, seed=args.seed)
+            return answering(random_world(args.random, device=device, dtype=dtype, seed=args.seed), args)
         except ValueError as err:  # an unknown preset
             raise CommandError(str(err)) from err
     options = LoadOptions(
@@ -275,7 +282,17 @@ def open_world(args: argparse.Namespace) -> World:
         raise CommandError(str(err)) from err
     for note in world.notes:
         print(f"note: {note}", file=sys.stderr)
-    return world
+    return answering(world, args)
+
+
+def answering(world: World, args: argparse.Namespace) -> World:
+    """The world with its engine answering a prompt change as ``--on-prompt-change`` says (if given)."""
+    from worldsim.config import PROMPT_CHANGES
+
+    answer = getattr(args, "on_prompt_change", None)
+    if answer is None:
+        return world
+    return dataclasses.replace(world, config=world.config.replace(**PROMPT_CHANGES[answer]))
 
 
 def open_scenario(requested: Path | str | None, world: World) -> Scenario:

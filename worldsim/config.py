@@ -121,6 +121,14 @@ class EngineConfig:
         return EngineConfig.from_dict({**self.to_dict(), **changes})
 
 
+# How a rollout answers a prompt change (``--on-prompt-change``): the engine settings of each answer.
+PROMPT_CHANGES: dict[str, dict[str, bool]] = {
+    "flush": {"flush_on_prompt_change": True, "recache_on_prompt_change": False},  # KV Flush
+    "keep": {"flush_on_prompt_change": False, "recache_on_prompt_change": False},  # only the text renewed
+    "recache": {"flush_on_prompt_change": False, "recache_on_prompt_change": True},  # LongLive's recache
+}
+
+
 # What each engine setting holds, as JSON gives it.
 _FIELD_KINDS: dict[str, str] = {
     f.name: {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}.get(

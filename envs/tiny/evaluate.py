@@ -39,6 +39,7 @@ recoded behind a warm-up walk of its own at each switch), and decoded from a fre
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -65,7 +66,7 @@ from envs.tiny.card import CARD_FILE, EVAL_MARKERS
 from envs.tiny.config import TrainConfig
 from models.streaming_vae import StreamingEncoder, from_uint8_frames, to_uint8_frames
 from worldsim.bench import run_bench
-from worldsim.config import EngineConfig
+from worldsim.config import PROMPT_CHANGES, EngineConfig
 from worldsim.world import World
 
 MOVING = tuple(a for a in ACTIONS if a != "idle")
@@ -73,9 +74,8 @@ LATENCY_CAP = 6  # blocks; a switch not shown by then counts as this
 SWITCH_QUALITY_BLOCKS = 3  # blocks after a switch whose quality is read against the new look
 # How a session answers a prompt change: the engine setting each mode changes.
 SWITCH_MODES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
-    "flush": lambda c: c.replace(flush_on_prompt_change=True, recache_on_prompt_change=False),
-    "no flush": lambda c: c.replace(flush_on_prompt_change=False, recache_on_prompt_change=False),
-    "recache": lambda c: c.replace(flush_on_prompt_change=False, recache_on_prompt_change=True),
+    name: functools.partial(lambda c, answer: c.replace(**PROMPT_CHANGES[answer]), answer=answer)
+    for name, answer in (("flush", "flush"), ("no flush", "keep"), ("recache", "recache"))
 }
 
 
