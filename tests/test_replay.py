@@ -134,6 +134,8 @@ def test_replay_command_writes_the_video(tmp_path, tiny_bundle, capsys) -> None:
     assert read_video(out).shape[0] == 9 + 2 * 12
     assert main(["replay", str(tmp_path / "nope.jsonl"), "--out", str(out)]) == 2
     assert "no such replay file" in capsys.readouterr().err
+    assert main(["replay", str(path), "--out", str(out), "--on-prompt-change", "recache"]) == 2
+    assert "runs with the engine settings it recorded" in capsys.readouterr().err
 
 
 def test_scenario_file_and_its_errors(tmp_path) -> None:

@@ -374,6 +374,8 @@ def _replay(args: argparse.Namespace) -> int:
     from worldsim.video import VideoWriter
 
     check_device_name(args.device)
+    if args.on_prompt_change is not None:
+        raise CommandError("a replay runs with the engine settings it recorded: drop --on-prompt-change")
     replay = read_replay(args.replay_file)
     check_output(args.out)
     if args.model is None:
