@@ -39,7 +39,6 @@ recoded behind a warm-up walk of its own at each switch), and decoded from a fre
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -72,11 +71,8 @@ from worldsim.world import World
 MOVING = tuple(a for a in ACTIONS if a != "idle")
 LATENCY_CAP = 6  # blocks; a switch not shown by then counts as this
 SWITCH_QUALITY_BLOCKS = 3  # blocks after a switch whose quality is read against the new look
-# How a session answers a prompt change: the engine setting each mode changes.
-SWITCH_MODES: dict[str, Callable[[EngineConfig], EngineConfig]] = {
-    name: functools.partial(lambda c, answer: c.replace(**PROMPT_CHANGES[answer]), answer=answer)
-    for name, answer in (("flush", "flush"), ("no flush", "keep"), ("recache", "recache"))
-}
+# The switch modes the eval measures, by column name: the answer to a prompt change (PROMPT_CHANGES).
+SWITCH_MODES: dict[str, str] = {"flush": "flush", "no flush": "keep", "recache": "recache"}
 
 
 @dataclass
@@ -313,11 +309,6 @@ class Cut:
         return f"{self.source} → {self.target} {light}, showed {self.shown}"
 
 
-def switch_latency(rollout: Rollout, switches: int, seed: int) -> float:
-    """Mean blocks from a prompt switch to the first block that shows the new prompt."""
-    return mean_latency(measure_switches(rollout, switches, seed))
-
-
 def mean_latency(switches: Sequence[Switch]) -> float:
     """The mean over every switch of every kind."""
     return float(np.mean([s.latency for s in switches]))
@@ -548,9 +539,13 @@ def evaluate(world: World, frames: int = 10_000, seed: int = 0, quick: bool = Fa
     def measure(name: str, make: Callable[[EngineConfig], Rollout], schemes: tuple[str, ...]) -> EvalResult:
         """One row; a ceiling (one scheme) has no cache, so one switch measurement serves every mode."""
         print(f"measuring {name} ...", file=sys.stderr, flush=True)  # stdout may carry JSON
-        by_mode = {}
-        for mode, change in SWITCH_MODES.items() if len(schemes) > 1 else [("flush", SWITCH_MODES["flush"])]:
-            by_mode[mode] = measure_switches(make(change(trimming_flush(config))), switches, seed)
+        modes = SWITCH_MODES if len(schemes) > 1 else {"flush": SWITCH_MODES["flush"]}
+        by_mode = {
+            mode: measure_switches(
+                make(trimming_flush(config).replace(**PROMPT_CHANGES[answer])), switches, seed
+            )
+            for mode, answer in modes.items()
+        }
         switched = by_mode["flush"]
         cut = measure_cuts(make(config), cuts, seed)
         result = EvalResult(
