@@ -24,6 +24,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worldsim.config import PROMPT_CHANGES
 from worldsim.device import DTYPES, check_device_name
 
 if TYPE_CHECKING:  # torch and the models load only when a command needs them
@@ -217,7 +218,7 @@ def model_options(parser: argparse.ArgumentParser, random: bool = False) -> None
     )
     parser.add_argument(
         "--on-prompt-change",
-        choices=("flush", "keep", "recache"),
+        choices=tuple(PROMPT_CHANGES),
         help="how a new prompt is taken in: flush (KV Flush, the default), keep (only the text renewed) "
         "or recache (the held frames re-encoded under it, LongLive's)",
     )
@@ -287,8 +288,6 @@ def open_world(args: argparse.Namespace) -> World:
 
 def answering(world: World, args: argparse.Namespace) -> World:
     """The world with its engine answering a prompt change as ``--on-prompt-change`` says (if given)."""
-    from worldsim.config import PROMPT_CHANGES
-
     answer = getattr(args, "on_prompt_change", None)
     if answer is None:
         return world
